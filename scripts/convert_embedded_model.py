@@ -46,7 +46,7 @@ def convert(out_dir: Path) -> None:
     for config in (model.config, model.generation_config):
         config.eos_token_id = end_id
         config.pad_token_id = end_id
-        config.bos_token_id = None
+        config.bos_token_id = tokenizer.bos_token_id
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

@@ -1,0 +1,751 @@
+"""Online Self-Distillation Policy Optimization (SDPO) from user interactions, on top of TRL's GRPOTrainer.
+
+One training sample flows top to bottom through this file:
+
+    prompt x -> generation y (TRL's own paths: transformers, paged, vLLM) -> simulated user's reply o
+    -> hindsight context (x with o appended to the last user turn) -> teacher log-probs (no grad)
+    -> student log-probs (the grad pass of the loss) -> per-token advantage A_t = teacher - student -> PPO-clip loss
+
+Only two scoring passes run per sample in the on-policy default: the teacher pass at generation time and the
+student pass with gradient inside the loss, whose detached values are the student term of the advantage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from accelerate.utils import gather_object
+from transformers import TrainerState
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import is_conversational
+from trl.trainer.utils import pad
+
+from user_simulator import UserSimulator
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HINDSIGHT_TEMPLATE = (
+    "\n\n[What follows is the next message I will send after reading your answer. It comes from the future: "
+    "use it as guidance for how to answer my request above.]\n{feedback}"
+)
+ADVANTAGE_BASELINES = ("sequence_mean", "leave_one_out", "none")
+TOKEN_LOG_NAME = "token_logps.jsonl"
+RUN_SETTINGS_NAME = "sdpo_run_settings.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers: contexts and maths. Each is small enough to check by hand.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _last_user_index(messages: list[dict[str, str]]) -> int:
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "user":
+            return i
+    raise ValueError(f"prompt has no user message: {messages!r}")
+
+
+def last_user_text(messages: list[dict[str, str]]) -> str:
+    """The raw request the simulated user made: the content of the last user turn."""
+    return messages[_last_user_index(messages)]["content"]
+
+
+def with_last_user_text(messages: list[dict[str, str]], text: str) -> list[dict[str, str]]:
+    """A copy of the conversation whose last user turn reads `text`."""
+    out = [dict(m) for m in messages]
+    out[_last_user_index(messages)]["content"] = text
+    return out
+
+
+def hindsight_messages(messages: list[dict[str, str]], feedback: str, template: str) -> list[dict[str, str]]:
+    """The teacher's prompt: the same conversation with the user's future reply appended to the last user turn.
+
+    The system prompt and every other turn stay unchanged, so the only difference the teacher sees is `o`.
+    """
+    return with_last_user_text(messages, last_user_text(messages) + template.format(feedback=feedback))
+
+
+def fit_request(
+    request: str, render: Callable[[str], str], count_tokens: Callable[[str], int], limit: Optional[int],
+    shorten: Callable[[str, int], str],
+) -> tuple[str, bool]:
+    """Render a context around `request`, cutting the request (never y or o) until it fits `limit` tokens.
+
+    `shorten(request, n)` drops about `n` tokens from the request. Returns the text and whether it was cut.
+    """
+    text = render(request)
+    if limit is None:
+        return text, False
+    overflow = count_tokens(text) - limit
+    shortened = False
+    while overflow > 0:
+        if not request:
+            raise ValueError(
+                f"A hindsight context needs {count_tokens(text)} tokens even with the request removed, more than "
+                f"max_teacher_prompt_length={limit}: the feedback or system prompt is too long for the budget."
+            )
+        request = shorten(request, overflow)
+        shortened = True
+        text = render(request)
+        overflow = count_tokens(text) - limit
+    return text, shortened
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+    """Mean over the positions where `mask` is 1; an all-masked row gives 0, not NaN."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def leave_one_out_baseline(scores: torch.Tensor, valid: torch.Tensor, group_size: int) -> torch.Tensor:
+    """For each sample, the mean score of the *other* valid samples of its prompt group (0 if there are none).
+
+    `scores` and `valid` are flat `(num_groups * group_size,)`, groups contiguous as TRL's RepeatSampler lays them.
+    """
+    scores = scores.view(-1, group_size)
+    valid = valid.view(-1, group_size).to(scores.dtype)
+    total = (scores * valid).sum(dim=1, keepdim=True) - scores * valid
+    count = valid.sum(dim=1, keepdim=True) - valid
+    return torch.where(count > 0, total / count.clamp(min=1.0), torch.zeros_like(total)).flatten()
+
+
+def sdpo_advantages(
+    signal: torch.Tensor,
+    mask: torch.Tensor,
+    baseline: str,
+    has_feedback: torch.Tensor,
+    sequence_baseline: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Per-token advantages from the per-token hindsight signal `teacher - student`, shape (B, T).
+
+    - `sequence_mean`: subtract each sequence's own mean signal (the released research code's default), so an
+      answer is judged token against token rather than as a whole.
+    - `leave_one_out`: subtract `sequence_baseline`, the mean signal of the other answers to the same prompt.
+    - `none`: the raw signal.
+    Padding and samples without feedback get exactly 0.
+    """
+    if baseline == "sequence_mean":
+        advantages = signal - masked_mean(signal, mask, dim=1).unsqueeze(1)
+    elif baseline == "leave_one_out":
+        if sequence_baseline is None:
+            raise ValueError("the leave_one_out baseline needs sequence_baseline")
+        advantages = signal - sequence_baseline.unsqueeze(1)
+    elif baseline == "none":
+        advantages = signal
+    else:
+        raise ValueError(f"Unknown advantage baseline {baseline!r}; choose one of {ADVANTAGE_BASELINES}")
+    return advantages * mask.to(signal.dtype) * has_feedback.to(signal.dtype).unsqueeze(1)
+
+
+def ppo_clip_token_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+    delta: Optional[float] = None,
+    sequence_level_ratio: bool = False,
+    mask: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate with a *per-token* advantage. Returns (per-token loss, importance ratio).
+
+    With `sequence_level_ratio` the ratio is the geometric mean over the sequence (GSPO), shape (B, 1).
+    """
+    log_ratio = logps - old_logps
+    if sequence_level_ratio:
+        log_ratio = masked_mean(log_ratio, mask, dim=1).unsqueeze(1)
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    if delta is not None:
+        ratio = torch.clamp(ratio, max=delta)
+    return -torch.min(ratio * advantages, clipped * advantages), ratio
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    grad_accum_steps: int,
+    max_completion_length: Optional[int],
+    tokens_per_process: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Reduce per-token losses to the micro-batch loss the way TRL's `loss_type` options define it."""
+    mask = mask.to(per_token_loss.dtype)
+    if loss_type == "grpo":
+        return masked_mean(per_token_loss, mask, dim=1).mean() / grad_accum_steps
+    if loss_type == "bnpo":
+        return masked_mean(per_token_loss, mask) / grad_accum_steps
+    if loss_type == "dr_grpo":
+        return (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length) / grad_accum_steps
+    if loss_type == "dapo":
+        return (per_token_loss * mask).sum() / tokens_per_process
+    raise ValueError(f"Unknown loss_type {loss_type!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineSDPOConfig(GRPOConfig):
+    """GRPOConfig plus the settings of SDPO's hindsight signal. Defaults follow the paper's online runs."""
+
+    num_generations: Optional[int] = field(
+        default=1,
+        metadata={
+            "help": "Completions per prompt. SDPO's signal is per sample, so 1 (the paper's setting) is valid; with "
+            "more, `advantage_baseline=leave_one_out` can use the other answers to the same prompt."
+        },
+    )
+    hindsight_template: str = field(
+        default=DEFAULT_HINDSIGHT_TEMPLATE,
+        metadata={
+            "help": "Block appended to the last user message of the teacher's prompt; `{feedback}` is replaced by the "
+            "simulated user's reply. The system prompt is never changed."
+        },
+    )
+    advantage_baseline: str = field(
+        default="sequence_mean",
+        metadata={
+            "help": "What is subtracted from the per-token signal: `sequence_mean` (centre each sequence, the research "
+            "code's default), `leave_one_out` (mean signal of the other answers to the same prompt; needs "
+            "num_generations >= 2 and one extra scoring pass), or `none`.",
+            "choices": list(ADVANTAGE_BASELINES),
+        },
+    )
+    chat_template_kwargs: Optional[Union[dict, str]] = field(
+        default_factory=lambda: {"enable_thinking": False},
+        metadata={
+            "help": "Keyword arguments for the chat template of every prompt the policy sees (student and teacher). "
+            "The default turns Qwen3 thinking off. A JSON string is accepted on the command line."
+        },
+    )
+    max_teacher_prompt_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Longest hindsight (teacher) prompt in tokens. A longer one has its request text cut, never y or o, "
+            "and is counted in `hindsight/shortened_frac`. Defaults to max_prompt_length + 512."
+        },
+    )
+    token_log_samples: int = field(
+        default=4,
+        metadata={
+            "help": f"Records appended to <output_dir>/{TOKEN_LOG_NAME} per logging step (0 turns the log off)."
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.chat_template_kwargs, str):
+            self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
+        if self.chat_template_kwargs is None:
+            self.chat_template_kwargs = {}
+        try:
+            self.hindsight_template.format(feedback="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"hindsight_template may contain only the placeholder {{feedback}} (double other braces): {err!r}"
+            ) from err
+        if "{feedback}" not in self.hindsight_template:
+            raise ValueError("hindsight_template must contain the placeholder {feedback}")
+        if self.advantage_baseline not in ADVANTAGE_BASELINES:
+            raise ValueError(
+                f"Unknown advantage_baseline {self.advantage_baseline!r}; choose one of {', '.join(ADVANTAGE_BASELINES)}"
+            )
+        if self.num_generations is None or self.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
+        if self.advantage_baseline == "leave_one_out" and self.num_generations < 2:
+            raise ValueError("advantage_baseline=leave_one_out needs num_generations >= 2")
+        if self.use_liger_loss:
+            raise ValueError("use_liger_loss is not supported: the Liger GRPO loss takes one advantage per sequence")
+        if self.log_completions:
+            raise ValueError(f"log_completions is not supported; read <output_dir>/{TOKEN_LOG_NAME} instead")
+        if self.token_log_samples < 0:
+            raise ValueError(f"token_log_samples must be >= 0, got {self.token_log_samples}")
+        if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
+            self.max_teacher_prompt_length = self.max_prompt_length + 512
+        try:
+            super().__post_init__()
+        except ValueError as err:
+            # GRPOConfig's last group check rejects groups of one, which group-normalised rewards need and SDPO's
+            # per-sample signal does not; every other check has run by then (use_liger_loss is refused above).
+            if self.num_generations != 1 or "at least 2 generations" not in str(err):
+                raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class OnlineSDPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose advantage is the per-token hindsight log-ratio given by a simulated user's reply.
+
+    Takes what GRPOTrainer takes plus `user_simulator`. No reward function is needed: `reward_funcs`, if given,
+    are computed and logged for monitoring only. `user_simulator` may be None when the trainer is only used to
+    score signals (`score_signal`), never to train.
+    """
+
+    _tag_names = ["trl", "sdpo", "online-sdpo"]
+
+    def __init__(
+        self,
+        model,
+        user_simulator: Optional[UserSimulator] = None,
+        args: Optional[OnlineSDPOConfig] = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_funcs=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+        run_settings: Optional[dict] = None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = OnlineSDPOConfig(f"{name.split('/')[-1]}-SDPO")
+        if not isinstance(args, OnlineSDPOConfig):
+            raise TypeError(f"args must be an OnlineSDPOConfig, got {type(args).__name__}")
+        super().__init__(
+            model=model,
+            reward_funcs=list(reward_funcs or []),
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+        self.user_simulator = user_simulator
+        self.run_settings = dict(run_settings or {})
+        self.token_log_path = Path(args.output_dir) / TOKEN_LOG_NAME
+        self._token_log_buffer: list[dict] = []
+
+    # -- rendering and tokenisation --------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
+    def _render(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **self.args.chat_template_kwargs
+        )
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _drop_request_tail(self, request: str, n_tokens: int) -> str:
+        ids = self.tokenizer(request, add_special_tokens=False)["input_ids"]
+        return self.tokenizer.decode(ids[: max(len(ids) - n_tokens, 0)])
+
+    def teacher_context(self, messages: list[dict[str, str]], feedback: str) -> tuple[str, bool]:
+        """The exact text placed before y in the teacher pass, and whether its request had to be shortened."""
+        def render(request: str) -> str:
+            return self._render(
+                hindsight_messages(with_last_user_text(messages, request), feedback, self.args.hindsight_template)
+            )
+
+        return fit_request(
+            last_user_text(messages), render, self._count_tokens, self.args.max_teacher_prompt_length,
+            self._drop_request_tail,
+        )
+
+    def _left_padded(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.accelerator.device
+        ids = [torch.tensor(x, device=device) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        mask = [torch.ones_like(x) for x in ids]
+        return pad(ids, padding_value=self.pad_token_id, padding_side="left"), pad(mask, 0, padding_side="left")
+
+    def _scoring_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+
+    def _teacher_logps(self, teacher_texts, completion_ids, completion_mask) -> torch.Tensor:
+        """log p(y_t | x, o, y_<t): the no-grad hindsight pass over the same completion tokens."""
+        teacher_ids, teacher_mask = self._left_padded(teacher_texts)
+        with torch.no_grad():
+            logps, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([teacher_ids, completion_ids], dim=1),
+                torch.cat([teacher_mask, completion_mask], dim=1),
+                completion_ids.size(1),
+                self._scoring_batch_size(),
+            )
+        return logps
+
+    def _student_logps_no_grad(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+        with torch.no_grad():
+            logps, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([prompt_ids, completion_ids], dim=1),
+                torch.cat([prompt_mask, completion_mask], dim=1),
+                completion_ids.size(1),
+                self._scoring_batch_size(),
+            )
+        return logps
+
+    # -- generation, feedback, teacher pass -------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        if self.user_simulator is None:
+            raise ValueError("OnlineSDPOTrainer needs a user_simulator to train or evaluate")
+        if not is_conversational(inputs[0]) or "image" in inputs[0] or "images" in inputs[0]:
+            raise ValueError("OnlineSDPOTrainer takes text-only conversational prompts: a `prompt` column of messages")
+        messages = [x["prompt"] for x in inputs]
+
+        # 1. Generation, through TRL's own paths. Prompts are rendered here so the template kwargs apply.
+        student_texts = [self._render(m) for m in messages]
+        prompt_ids_list, completion_ids_list, num_items_in_batch, sampling_logps_list, _ = self._generate(
+            student_texts, None
+        )
+        prompt_ids, prompt_mask = self._pad_rows(prompt_ids_list, "left")
+        completion_ids, completion_mask = self._pad_rows(completion_ids_list, "right")
+        is_truncated = torch.tensor(
+            [ids[-1] not in (self.eos_token_id, self.pad_token_id) for ids in completion_ids_list], device=device
+        )
+        if self.mask_truncated_completions:
+            completion_mask = completion_mask * (~is_truncated).unsqueeze(1).long()
+        completions = self.tokenizer.batch_decode(completion_ids_list, skip_special_tokens=True)
+        student_contexts = self.tokenizer.batch_decode(prompt_ids_list)  # exactly what y follows, after any truncation
+
+        # 2. The simulated user's reply to each (request, answer), on this process, for this process's samples.
+        requests = [last_user_text(m) for m in messages]
+        start = time.perf_counter()
+        feedback = self.user_simulator.generate_feedback(requests, completions)
+        simulator_seconds = time.perf_counter() - start
+        if len(feedback) != len(completions):
+            raise RuntimeError(f"user simulator returned {len(feedback)} replies for {len(completions)} samples")
+        has_feedback = torch.tensor([bool(o.strip()) for o in feedback], device=device)
+
+        # 3. Hindsight contexts and the teacher pass.
+        teacher_texts, shortened = zip(*(self.teacher_context(m, o) for m, o in zip(messages, feedback)))
+        teacher_logps = self._teacher_logps(list(teacher_texts), completion_ids, completion_mask)
+
+        # 4. Extra passes only where they are needed: old log-probs for off-policy reuse or vLLM's correction (and
+        #    the leave-one-out baseline), reference log-probs for the KL penalty.
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        vllm_correction = self.use_vllm and self.vllm_importance_sampling_correction
+        needs_old = (
+            self.args.gradient_accumulation_steps % generate_every != 0
+            or vllm_correction
+            or self.args.advantage_baseline == "leave_one_out"
+        )
+        output: dict[str, Any] = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "num_items_in_batch": num_items_in_batch,
+            "teacher_per_token_logps": teacher_logps,
+            "has_feedback": has_feedback,
+            "generation_step": torch.full((len(inputs),), self.state.global_step, device=device),
+            "request_text": requests,
+            "completion_text": completions,
+            "feedback_text": list(feedback),
+            "student_context": student_contexts,
+            "teacher_context": list(teacher_texts),
+        }
+        if needs_old:
+            old_logps = self._student_logps_no_grad(prompt_ids, prompt_mask, completion_ids, completion_mask)
+            output["old_per_token_logps"] = old_logps
+        if vllm_correction:
+            sampling_logps, _ = self._pad_rows(sampling_logps_list, "right", dtype=torch.float32)
+            output["importance_sampling_ratio"] = torch.clamp(
+                torch.exp(old_logps - sampling_logps), max=self.vllm_importance_sampling_cap
+            )
+        if self.args.advantage_baseline == "leave_one_out":
+            scores = masked_mean(teacher_logps - old_logps, completion_mask, dim=1)
+            baseline = leave_one_out_baseline(
+                self.accelerator.gather(scores), self.accelerator.gather(has_feedback.float()), self.num_generations
+            )
+            index = self.accelerator.process_index * len(inputs)
+            output["sequence_baseline"] = baseline[index : index + len(inputs)]
+        if self.beta != 0.0:
+            output["ref_per_token_logps"] = self._reference_logps(
+                prompt_ids, prompt_mask, completion_ids, completion_mask
+            )
+
+        # 5. Monitoring: reward functions are logged, never trained on.
+        if self.reward_funcs:
+            conversational = [[{"role": "assistant", "content": c}] for c in completions]
+            rewards = self._calculate_rewards(inputs, messages, conversational, completion_ids_list)
+            for i, name in enumerate(self.reward_func_names):
+                self._metrics[mode][f"rewards/{name}/mean"].append(torch.nanmean(rewards[:, i]).item())
+
+        self._log_generation_metrics(mode, feedback, has_feedback, shortened, teacher_texts, simulator_seconds)
+        return output
+
+    def _pad_rows(self, rows, side: str, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.accelerator.device
+        tensors = [torch.tensor(r, device=device, dtype=dtype) for r in rows]
+        masks = [torch.ones(len(r), device=device, dtype=torch.long) for r in rows]
+        value = 0.0 if dtype is not None and dtype.is_floating_point else self.pad_token_id
+        return pad(tensors, padding_value=value, padding_side=side), pad(masks, padding_value=0, padding_side=side)
+
+    def _reference_logps(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+        if self.ref_model is None:
+            with self.accelerator.unwrap_model(self.model).disable_adapter():
+                return self._student_logps_no_grad(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        with torch.no_grad():
+            logps, _ = self._get_per_token_logps_and_entropies(
+                self.ref_model,
+                torch.cat([prompt_ids, completion_ids], dim=1),
+                torch.cat([prompt_mask, completion_mask], dim=1),
+                completion_ids.size(1),
+                self._scoring_batch_size(),
+            )
+        return logps
+
+    def _log_generation_metrics(self, mode, feedback, has_feedback, shortened, teacher_texts, simulator_seconds):
+        device = self.accelerator.device
+        gather = self.accelerator.gather
+        feedback_tokens = torch.tensor([float(self._count_tokens(o)) for o in feedback], device=device)
+        teacher_tokens = torch.tensor([float(self._count_tokens(t)) for t in teacher_texts], device=device)
+        metrics = self._metrics[mode]
+        metrics["user_sim/seconds"].append(gather(torch.tensor(simulator_seconds, device=device)).max().item())
+        metrics["user_sim/empty_feedback_frac"].append(1.0 - gather(has_feedback.float()).mean().item())
+        metrics["user_sim/feedback_tokens"].append(gather(feedback_tokens).mean().item())
+        metrics["hindsight/shortened_frac"].append(gather(torch.tensor(shortened, device=device).float()).mean().item())
+        metrics["hindsight/teacher_prompt_tokens"].append(gather(teacher_tokens).mean().item())
+        for key, value in sorted(self.user_simulator.pop_metrics().items()):
+            # Fractions are averaged over processes; counts, tokens and costs are totals for the step.
+            reduced = gather(torch.tensor(float(value), device=device))
+            metrics[f"user_sim/{key}"].append((reduced.mean() if key.endswith("_frac") else reduced.sum()).item())
+
+    # -- loss --------------------------------------------------------------------------------------------------
+
+    def _compute_loss(self, model, inputs):
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        logps, entropies = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+        )
+        # On-policy, the detached grad-pass log-probs *are* the student term: no separate old-log-prob pass.
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps
+        signal = inputs["teacher_per_token_logps"] - old_logps
+        advantages = sdpo_advantages(
+            signal,
+            completion_mask,
+            self.args.advantage_baseline,
+            inputs["has_feedback"],
+            inputs.get("sequence_baseline"),
+        )
+
+        per_token_loss, ratio = ppo_clip_token_loss(
+            logps,
+            old_logps,
+            advantages,
+            self.epsilon_low,
+            self.epsilon_high,
+            self.args.delta,
+            sequence_level_ratio=self.importance_sampling_level == "sequence",
+            mask=completion_mask,
+        )
+        if self.top_entropy_quantile < 1.0:
+            per_token_loss = per_token_loss * self.get_high_entropy_mask(
+                entropies, completion_mask, 1 - self.top_entropy_quantile
+            )
+        if "importance_sampling_ratio" in inputs:
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        if self.beta != 0.0:
+            ref = inputs["ref_per_token_logps"]
+            per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
+            per_token_loss = per_token_loss + self.beta * per_token_kl
+        loss = aggregate_loss(
+            per_token_loss,
+            completion_mask,
+            self.loss_type,
+            self.current_gradient_accumulation_steps,
+            self.max_completion_length,
+            inputs["num_items_in_batch"] / self.accelerator.num_processes,
+        )
+
+        mode = "train" if self.model.training else "eval"
+        self._log_loss_metrics(mode, inputs, signal, advantages, old_logps, entropies, ratio, completion_mask)
+        if self.beta != 0.0:
+            self._log_mean(mode, "kl", masked_mean(per_token_kl, completion_mask))
+        if mode == "train" and self.args.token_log_samples > 0:
+            self._collect_token_log(inputs, old_logps, signal)
+        return loss
+
+    def _log_mean(self, mode: str, key: str, value: torch.Tensor) -> None:
+        self._metrics[mode][key].append(self.accelerator.gather(value.detach()).nanmean().item())
+
+    def _log_loss_metrics(self, mode, inputs, signal, advantages, student, entropies, ratio, mask):
+        with_feedback = mask * inputs["has_feedback"].long().unsqueeze(1)
+        self._log_mean(mode, "sdpo/signal_mean", masked_mean(signal, with_feedback))
+        self._log_mean(mode, "sdpo/signal_abs_mean", masked_mean(signal.abs(), with_feedback))
+        sequence_sums = (signal * with_feedback).sum(dim=1)
+        self._log_mean(mode, "sdpo/sequence_log_ratio", masked_mean(sequence_sums, inputs["has_feedback"]))
+        self._log_mean(mode, "sdpo/teacher_logp", masked_mean(inputs["teacher_per_token_logps"], with_feedback))
+        self._log_mean(mode, "sdpo/student_logp", masked_mean(student, with_feedback))
+        self._log_mean(mode, "sdpo/advantage_abs_mean", masked_mean(advantages.abs(), with_feedback))
+        self._log_mean(mode, "entropy", masked_mean(entropies, mask))
+        low = (ratio < 1 - self.epsilon_low) & (advantages < 0)
+        high = (ratio > 1 + self.epsilon_high) & (advantages > 0)
+        self._log_mean(mode, "clip_ratio/low_mean", masked_mean(low.float(), mask))
+        self._log_mean(mode, "clip_ratio/high_mean", masked_mean(high.float(), mask))
+        self._log_mean(mode, "clip_ratio/region_mean", masked_mean((low | high).float(), mask))
+
+    # -- the token log -----------------------------------------------------------------------------------------
+
+    def _token_records(self, inputs, student_logps, signal) -> list[dict]:
+        records = []
+        for i in range(len(inputs["completion_text"])):
+            keep = inputs["completion_mask"][i].bool()
+            ids = inputs["completion_ids"][i][keep].tolist()
+            records.append(
+                {
+                    "step": int(inputs["generation_step"][i]),
+                    "prompt": inputs["request_text"][i],
+                    "completion": inputs["completion_text"][i],
+                    "feedback": inputs["feedback_text"][i],
+                    "student_context": inputs["student_context"][i],
+                    "teacher_context": inputs["teacher_context"][i],
+                    "completion_ids": ids,
+                    "tokens": self.tokenizer.batch_decode([[t] for t in ids]),
+                    "logp_student": student_logps[i][keep].tolist(),
+                    "logp_teacher": inputs["teacher_per_token_logps"][i][keep].tolist(),
+                    "signal": signal[i][keep].tolist(),
+                }
+            )
+        return records
+
+    def _collect_token_log(self, inputs, student_logps, signal) -> None:
+        """Gather this micro-batch's records to every process until the logging window has enough.
+
+        Every process sees the same gathered buffer, so all take the same branch and the collective stays in step.
+        """
+        missing = self.args.token_log_samples - len(self._token_log_buffer)
+        if missing <= 0:
+            return
+        local = self._token_records(inputs, student_logps.float(), signal.float())[:missing]
+        self._token_log_buffer.extend(gather_object(local)[:missing])
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        super().log(logs, start_time)
+        if self._token_log_buffer and self.accelerator.is_main_process:
+            self.token_log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.token_log_path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._token_log_buffer))
+        self._token_log_buffer = []
+
+    def _trim_token_log(self, first_step: int) -> None:
+        """Drop records of steps at or after `first_step`: a resumed run regenerates them, so they'd repeat."""
+        if not self.token_log_path.exists():
+            return
+        with open(self.token_log_path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip() and json.loads(line)["step"] < first_step]
+        write_atomic(self.token_log_path, "".join(lines))
+
+    # -- run files ---------------------------------------------------------------------------------------------
+
+    def sdpo_settings(self) -> dict:
+        """What an evaluation needs to reproduce this run's prompts and user; contains no secret."""
+        return {
+            **self.run_settings,
+            "model_name_or_path": self.model.config._name_or_path,
+            "hindsight_template": self.args.hindsight_template,
+            "chat_template_kwargs": self.args.chat_template_kwargs,
+            "advantage_baseline": self.args.advantage_baseline,
+            "num_generations": self.num_generations,
+            "max_prompt_length": self.max_prompt_length,
+            "max_completion_length": self.max_completion_length,
+            "temperature": self.temperature,
+            "user_simulator": self.user_simulator.settings() if self.user_simulator is not None else None,
+        }
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if self.user_simulator is None:
+            raise ValueError("OnlineSDPOTrainer.train needs a user_simulator")
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No checkpoint found in {self.args.output_dir} to resume from")
+        first_step = 0
+        if resume_from_checkpoint:
+            state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            first_step = state.global_step
+        if self.accelerator.is_main_process:
+            self._trim_token_log(first_step)
+            write_atomic(Path(self.args.output_dir) / RUN_SETTINGS_NAME, json.dumps(self.sdpo_settings(), indent=2))
+        self.accelerator.wait_for_everyone()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        checkpoint = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save and checkpoint.is_dir():
+            write_atomic(checkpoint / RUN_SETTINGS_NAME, json.dumps(self.sdpo_settings(), indent=2))
+
+    # -- analysis ----------------------------------------------------------------------------------------------
+
+    def score_signal(
+        self, prompts: list[list[dict[str, str]]], completions: list[str], feedbacks: list[str]
+    ) -> list[dict]:
+        """Token-log records for given (prompt, answer, follow-up) triples, scored with the training code path.
+
+        Used to inspect the signal (for instance a relevant against an unrelated follow-up) without training.
+        """
+        if not (len(prompts) == len(completions) == len(feedbacks)):
+            raise ValueError("prompts, completions and feedbacks must have the same length")
+        eos = self.tokenizer.eos_token
+        student_texts = [self._render(m) for m in prompts]
+        prompt_ids, prompt_mask = self._left_padded(student_texts)
+        answer_ids = self.tokenizer([c + eos for c in completions], add_special_tokens=False)["input_ids"]
+        completion_ids, completion_mask = self._pad_rows(answer_ids, "right")
+        teacher_texts = [self.teacher_context(m, o)[0] for m, o in zip(prompts, feedbacks)]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            student = self._student_logps_no_grad(prompt_ids, prompt_mask, completion_ids, completion_mask)
+            teacher = self._teacher_logps(teacher_texts, completion_ids, completion_mask)
+        finally:
+            self.model.train(was_training)
+        inputs = {
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "teacher_per_token_logps": teacher,
+            "generation_step": torch.full((len(prompts),), self.state.global_step),
+            "request_text": [last_user_text(m) for m in prompts],
+            "completion_text": list(completions),
+            "feedback_text": list(feedbacks),
+            "student_context": student_texts,
+            "teacher_context": teacher_texts,
+        }
+        return self._token_records(inputs, student.float(), (teacher - student).float())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
