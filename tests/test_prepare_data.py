@@ -1,0 +1,227 @@
+"""prepare_data.py: the row transforms and filters on hand-written rows in the real source schemas, the output
+format and its stability, the atomic write, and the offline --source path end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+import prepare_data as pdata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tldr_row(post, *, article=None, row_id="t3_x", split="train"):
+    """One row of openai/summarize_from_feedback (comparisons), with invented content."""
+    return {
+        "info": {"id": row_id, "post": post, "title": "A title", "subreddit": "relationships",
+                 "site": None if post is not None else "cnn", "article": article},
+        "summaries": [{"text": " first summary", "policy": "sup2", "note": None},
+                      {"text": " second summary", "policy": "ref", "note": None}],
+        "choice": 0,
+        "worker": "w1",
+        "batch": "batch1",
+        "split": split,
+        "extra": {"confidence": 5},
+    }
+
+
+def helpsteer_row(prompt, response="A helpful answer.", score=3):
+    """One row of nvidia/HelpSteer2, with invented content."""
+    return {"prompt": prompt, "response": response, "helpfulness": score, "correctness": score,
+            "coherence": 4, "complexity": 1, "verbosity": 2}
+
+
+def post_of_prompt_length(n):
+    """A post whose TL;DR prompt (suffix included) is exactly n characters long."""
+    return "x" * (n - len(pdata.TLDR_SUFFIX))
+
+
+# ------------------------------------------------------------------------------------------------------ TL;DR
+def test_tldr_prompt_strips_post_and_puts_suffix_on_its_own_line():
+    assert pdata.tldr_prompt(tldr_row("  My cat ignores me.\n\n")) == "My cat ignores me.\nTL;DR:"
+
+
+def test_tldr_prompt_falls_back_to_article_and_is_empty_without_text():
+    assert pdata.tldr_prompt(tldr_row(None, article=" News story. ")) == "News story.\nTL;DR:"
+    assert pdata.tldr_prompt(tldr_row("   \n ")) == ""
+    assert pdata.tldr_prompt(tldr_row(None, article=None)) == ""
+
+
+def test_normalize_key_collapses_whitespace_and_case():
+    assert pdata.normalize_key("  Hello\t\nWORLD  again ") == "hello world again"
+
+
+def test_tldr_length_limit_is_strictly_below_1024_characters():
+    rows = [tldr_row(post_of_prompt_length(1023)), tldr_row(post_of_prompt_length(1024) + "y"),
+            tldr_row("z" * 5000)]
+    kept, counts = pdata.filter_tldr_split(rows)
+    assert [len(p) for p in kept] == [1023]
+    assert counts == {"rows": 3, "empty": 0, "too_long": 2, "duplicate": 0, "kept": 1}
+
+
+def test_tldr_within_split_dedup_keeps_first_occurrence_in_order():
+    rows = [tldr_row("First post here."), tldr_row("Second  post."), tldr_row("first POST\n here."),
+            tldr_row(""), tldr_row("Third post.")]
+    kept, counts = pdata.filter_tldr_split(rows)
+    assert kept == ["First post here.\nTL;DR:", "Second  post.\nTL;DR:", "Third post.\nTL;DR:"]
+    assert counts == {"rows": 5, "empty": 1, "too_long": 0, "duplicate": 1, "kept": 3}
+
+
+def test_tldr_validation_drops_prompts_already_in_train():
+    splits = {
+        "train": [tldr_row("Shared post about a dog."), tldr_row("Only in train.")],
+        "validation": [tldr_row("shared post   about a DOG."), tldr_row("Only in validation."),
+                       tldr_row("Only in validation.")],
+    }
+    prompts, counts = pdata.build_tldr(splits)
+    assert prompts["train"] == ["Shared post about a dog.\nTL;DR:", "Only in train.\nTL;DR:"]
+    assert prompts["validation"] == ["Only in validation.\nTL;DR:"]
+    assert counts["validation"] == {"rows": 3, "empty": 0, "too_long": 0, "duplicate": 1, "in_train": 1, "kept": 1}
+    assert "in_train" not in counts["train"]
+
+
+# ------------------------------------------------------------------------------------------------------ HelpSteer2
+def test_helpsteer_multi_turn_marker_detection():
+    assert pdata.is_multi_turn("Hi<extra_id_1>Assistant\nHello<extra_id_1>User\nMore")
+    assert pdata.is_multi_turn("text <extra_id_12> text")
+    assert not pdata.is_multi_turn("What is <extra_id> used for?")
+    assert not pdata.is_multi_turn("Plain single-turn question?")
+
+
+def test_helpsteer_filters_and_counts():
+    rows = [
+        helpsteer_row("Explain photosynthesis simply."),
+        helpsteer_row("Explain photosynthesis simply.", response="Another answer."),  # second response, same prompt
+        helpsteer_row("Earlier turn<extra_id_1>Assistant\nSure<extra_id_1>User\nAnd now?"),
+        helpsteer_row("   ", response="Answer to nothing."),
+        helpsteer_row("Answer me.", response="  "),
+        helpsteer_row("p" * 2048),                                   # exactly at the limit: kept
+        helpsteer_row("q" * 2049),                                   # prompt too long
+        helpsteer_row("Short prompt, long answer.", response="r" * 2049),
+        helpsteer_row("Short prompt, long answer.", response="fine"),  # its other response passes
+    ]
+    kept, counts = pdata.filter_helpsteer_split(rows)
+    assert kept == ["Explain photosynthesis simply.", "p" * 2048, "Short prompt, long answer."]
+    assert counts == {"rows": 9, "multi_turn": 1, "empty": 2, "too_long": 2, "duplicate": 1, "kept": 3}
+
+
+def test_helpsteer_splits_are_filtered_independently():
+    splits = {"train": [helpsteer_row("Same question?")], "validation": [helpsteer_row("Same question?")]}
+    prompts, counts = pdata.build_helpsteer(splits)
+    assert prompts == {"train": ["Same question?"], "validation": ["Same question?"]}
+    assert counts["validation"]["kept"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------ writing
+def test_written_files_are_utf8_unescaped_jsonl(tmp_path):
+    prompts = {"train": ["Café au lait \"quoted\"\nTL;DR:", "二つ目"], "validation": []}
+    pdata.write_splits_atomically(tmp_path, prompts)
+    raw = (tmp_path / "train.jsonl").read_bytes()
+    assert raw == ('{"prompt": "Café au lait \\"quoted\\"\\nTL;DR:"}\n{"prompt": "二つ目"}\n').encode("utf-8")
+    assert (tmp_path / "validation.jsonl").read_bytes() == b""
+    assert sorted(os.listdir(tmp_path)) == ["train.jsonl", "validation.jsonl"]
+
+
+def test_interrupted_write_leaves_previous_files_and_no_temporaries(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"prompt": "old"}\n', encoding="utf-8")
+
+    def failing():
+        yield "new one"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pdata.write_splits_atomically(tmp_path, {"validation": ["fine"], "train": failing()})
+    assert (tmp_path / "train.jsonl").read_text(encoding="utf-8") == '{"prompt": "old"}\n'
+    assert sorted(os.listdir(tmp_path)) == ["train.jsonl"]  # validation was not renamed into place either
+
+
+# ------------------------------------------------------------------------------------------------------ --source, end to end
+@pytest.fixture
+def isolated_hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+def tldr_fixture_splits():
+    train = [tldr_row("I lent my brother money and he bought a boat.", row_id="a"),
+             tldr_row("I lent my brother money and he bought a boat.", row_id="a"),  # same post, second comparison
+             tldr_row(None, article="A storm closed the harbour for two days.", row_id="b"),
+             tldr_row("Naïve question: should I repaint my kitchen?", row_id="c"),
+             tldr_row(post_of_prompt_length(1500), row_id="d")]
+    validation = [tldr_row("i lent my brother money and he  bought a boat.", row_id="e", split="valid1"),
+                  tldr_row("Our neighbour's rooster crows at 3am.", row_id="f", split="valid1")]
+    return {"train": train, "validation": validation}
+
+
+EXPECTED_TLDR_TRAIN = (
+    '{"prompt": "I lent my brother money and he bought a boat.\\nTL;DR:"}\n'
+    '{"prompt": "A storm closed the harbour for two days.\\nTL;DR:"}\n'
+    '{"prompt": "Naïve question: should I repaint my kitchen?\\nTL;DR:"}\n'
+)
+EXPECTED_TLDR_VALIDATION = '{"prompt": "Our neighbour\'s rooster crows at 3am.\\nTL;DR:"}\n'
+
+
+def test_tldr_from_save_to_disk_folder_is_byte_identical_across_runs(tmp_path, isolated_hf_cache, capsys):
+    source = tmp_path / "sff_copy"
+    datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in tldr_fixture_splits().items()}) \
+        .save_to_disk(str(source))
+    outs = [tmp_path / "out1", tmp_path / "out2"]
+    for out in outs:
+        assert pdata.main(["tldr", "--source", str(source), "--out_dir", str(out)]) == 0
+    for split, expected in (("train", EXPECTED_TLDR_TRAIN), ("validation", EXPECTED_TLDR_VALIDATION)):
+        assert (outs[0] / f"{split}.jsonl").read_bytes() == expected.encode("utf-8")
+        assert (outs[1] / f"{split}.jsonl").read_bytes() == (outs[0] / f"{split}.jsonl").read_bytes()
+    report = capsys.readouterr().out
+    assert "train: rows=5, empty=0, too_long=1, duplicate=1, kept=3" in report
+    assert "validation: rows=2, empty=0, too_long=0, duplicate=0, in_train=1, kept=1" in report
+    assert 'train[0]: "I lent my brother money and he bought a boat.\\nTL;DR:"' in report
+
+
+def test_tldr_from_parquet_files(tmp_path, isolated_hf_cache):
+    source = tmp_path / "comparisons"
+    source.mkdir()
+    for split, rows in tldr_fixture_splits().items():
+        datasets.Dataset.from_list(rows).to_parquet(str(source / f"{split}-00000-of-00001.parquet"))
+    out = tmp_path / "out"
+    pdata.main(["tldr", "--source", str(source), "--out_dir", str(out), "--show", "0"])
+    assert (out / "train.jsonl").read_text(encoding="utf-8") == EXPECTED_TLDR_TRAIN
+    assert (out / "validation.jsonl").read_text(encoding="utf-8") == EXPECTED_TLDR_VALIDATION
+
+
+def test_helpsteer_cli_from_jsonl_files(tmp_path, isolated_hf_cache):
+    """The real command line in a subprocess, reading JSON Lines files named by split."""
+    source = tmp_path / "hs2 copy"
+    source.mkdir()
+    splits = {"train": [helpsteer_row("How do magnets work?"), helpsteer_row("How do magnets work?", "Other."),
+                        helpsteer_row("Hi<extra_id_1>Assistant\nHello<extra_id_1>User\nBye")],
+              "validation": [helpsteer_row("Write a haiku about rain.")]}
+    for split, rows in splits.items():
+        with open(source / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    out = tmp_path / "out dir"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    proc = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), "helpsteer", "--source", str(source),
+                           "--out_dir", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "train: rows=3, multi_turn=1, empty=0, too_long=0, duplicate=1, kept=1" in proc.stdout
+    assert (out / "train.jsonl").read_text(encoding="utf-8") == '{"prompt": "How do magnets work?"}\n'
+    assert (out / "validation.jsonl").read_text(encoding="utf-8") == '{"prompt": "Write a haiku about rain."}\n'
+
+
+def test_source_errors_are_clear(tmp_path, isolated_hf_cache):
+    with pytest.raises(SystemExit, match="not a folder"):
+        pdata.main(["helpsteer", "--source", str(tmp_path / "missing"), "--out_dir", str(tmp_path / "o")])
+    only_train = tmp_path / "only_train"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([helpsteer_row("Q?")])}).save_to_disk(str(only_train))
+    with pytest.raises(SystemExit, match="missing split\\(s\\) validation; found train"):
+        pdata.main(["helpsteer", "--source", str(only_train), "--out_dir", str(tmp_path / "o")])
+    wrong_schema = tmp_path / "wrong_schema"
+    datasets.DatasetDict({s: datasets.Dataset.from_list([helpsteer_row("Q?")]) for s in pdata.SPLITS}) \
+        .save_to_disk(str(wrong_schema))
+    with pytest.raises(SystemExit, match="lacks column\\(s\\) info"):
+        pdata.main(["tldr", "--source", str(wrong_schema), "--out_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
