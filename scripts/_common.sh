@@ -1,0 +1,145 @@
+# shellcheck shell=bash
+# Shared by the scripts in scripts/ (sourced, never run): option parsing, printing, checks, the launcher and the
+# train.py command both training scripts build. Commands are bash arrays, printed with printf %q, never eval'd.
+# Secrets (ANTHROPIC_API_KEY, WANDB_API_KEY, HF_TOKEN) are only ever reported as "set" or "not set".
+
+SDPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SDPO_SCRIPT="$(basename "$0")"
+DRY_RUN=0
+PASSTHROUGH=()
+EXPORTED=()
+
+sdpo_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+sdpo_usage_error() { printf '%s: %s\n' "$SDPO_SCRIPT" "$*" >&2; usage >&2; exit 2; }
+sdpo_warn() { printf 'warning: %s\n' "$*" >&2; }
+
+# Options before `--` belong to the script; everything after it goes to the Python program untouched.
+sdpo_parse_args() {
+  while (($#)); do
+    case "$1" in
+      --dry-run) DRY_RUN=1 ;;
+      -h | --help) usage; exit 0 ;;
+      --) shift; PASSTHROUGH=("$@"); return 0 ;;
+      *) sdpo_usage_error "unknown option: $(printf '%q' "$1") (arguments for the Python program go after --)" ;;
+    esac
+    shift
+  done
+}
+
+sdpo_secret_state() { if [[ -n "${!1:-}" ]]; then echo "set"; else echo "not set"; fi; }
+
+# Print NAME=value for each variable, shell-quoted so a line can be pasted back as an assignment.
+sdpo_show() {
+  local name
+  for name in "$@"; do printf '  %s=%q\n' "$name" "${!name-}"; done
+}
+
+sdpo_show_secrets() {
+  local name
+  for name in "$@"; do printf '  %s: %s\n' "$name" "$(sdpo_secret_state "$name")"; done
+}
+
+# A missing input stops a real run before anything starts; a dry run only warns.
+sdpo_missing() {
+  if ((DRY_RUN)); then sdpo_warn "$*"; else sdpo_die "$*"; fi
+}
+
+sdpo_require_file() {
+  local name=$1 hint=$2
+  if [[ ! -f "${!name}" ]]; then sdpo_missing "$name: no such file: ${!name}${hint:+ ($hint)}"; fi
+}
+
+sdpo_require_dir() {
+  local name=$1 hint=$2
+  if [[ ! -d "${!name}" ]]; then sdpo_missing "$name: no such folder: ${!name}${hint:+ ($hint)}"; fi
+}
+
+sdpo_export() {
+  export "$1=$2"
+  EXPORTED+=("$1")
+}
+
+# Print the exported variables and the command (pasteable as they are), then run it unless this is a dry run.
+sdpo_print_and_run() {
+  local name
+  if ((${#EXPORTED[@]})); then
+    echo "environment:"
+    for name in "${EXPORTED[@]}"; do printf '  export %s=%q\n' "$name" "${!name}"; done
+  fi
+  echo "command:"
+  printf '%q' "$1"
+  printf ' %q' "${@:2}"
+  printf '\n'
+  if ((DRY_RUN)); then
+    echo "dry run: nothing was executed"
+    exit 0
+  fi
+  exec "$@"
+}
+
+# WORLD_SIZE=1 runs plain python; more processes go through accelerate, with ACCELERATE_CONFIG when it is set.
+sdpo_launcher() {
+  [[ "$WORLD_SIZE" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "WORLD_SIZE must be a positive integer, got $(printf '%q' "$WORLD_SIZE")"
+  if ((WORLD_SIZE == 1)); then
+    if [[ -n "${ACCELERATE_CONFIG:-}" ]]; then
+      sdpo_warn "WORLD_SIZE=1: ACCELERATE_CONFIG is ignored (plain python, one process)"
+    fi
+    LAUNCHER=("${PYTHON:-python}")
+  elif [[ -n "${ACCELERATE_CONFIG:-}" ]]; then
+    sdpo_require_file ACCELERATE_CONFIG "an accelerate config file, e.g. ./multigpu_accelerate_config.yaml"
+    LAUNCHER=(accelerate launch --config_file "$ACCELERATE_CONFIG")
+  else
+    LAUNCHER=(accelerate launch --num_processes "$WORLD_SIZE")
+  fi
+}
+
+# With WANDB_API_KEY the run reports to wandb online; without it wandb runs offline (unless WANDB_MODE says
+# otherwise), so a missing key never crashes a run and the logs can be uploaded later with `wandb sync`.
+sdpo_wandb() {
+  sdpo_export WANDB_PROJECT "$WANDB_PROJECT"
+  if [[ -z "${WANDB_API_KEY:-}" && -z "${WANDB_MODE:-}" ]]; then
+    sdpo_export WANDB_MODE offline
+    echo "WANDB_API_KEY is not set: wandb runs offline (upload later with: wandb sync <run folder>/wandb)"
+  fi
+}
+
+# The whole training launch, shared by train_online_sdpo_tldr.sh and train_online_sdpo.sh. The caller sets the
+# experiment's defaults, RUNS_SUBDIR (folder under $SCRATCH), PREPARE_SCRIPT (makes the JSONL files), RECIPE and
+# SIMULATOR_ARGS (the user-simulator flags), then calls this.
+sdpo_train() {
+  : "${RUN_ID:=${EXPERIMENT}-${STYLE}-$(date +%Y%m%d-%H%M%S)}"
+  : "${WANDB_NAME:=$RUN_ID}"
+  if [[ -z "${OUTPUT_DIR:-}" ]]; then
+    if [[ -n "${SCRATCH:-}" ]]; then
+      OUTPUT_DIR="$SCRATCH/$RUNS_SUBDIR/$RUN_ID"
+    else
+      OUTPUT_DIR="$SDPO_ROOT/runs/$RUNS_SUBDIR/$RUN_ID"
+      echo "SCRATCH is not set: OUTPUT_DIR defaults to runs/$RUNS_SUBDIR/<run-id> inside the repository"
+    fi
+  fi
+
+  echo "settings:"
+  sdpo_show MODEL_NAME_OR_PATH "${SHOWN_SIMULATOR_VARS[@]}" STYLE LR BS GA WORLD_SIZE ACCELERATE_CONFIG \
+    TRAIN_JSONL VAL_JSONL TRAIN_N EVAL_N SEED MAX_PROMPT_TOKENS SYSTEM_PROMPT RECIPE RUN_ID OUTPUT_DIR \
+    RESUME_FROM_CHECKPOINT WANDB_PROJECT WANDB_NAME
+  echo "credentials:"
+  sdpo_show_secrets ANTHROPIC_API_KEY WANDB_API_KEY HF_TOKEN
+
+  local hint="make it with $PREPARE_SCRIPT"
+  sdpo_require_file TRAIN_JSONL "$hint"
+  sdpo_require_file VAL_JSONL "$hint"
+  sdpo_require_file RECIPE "a YAML file of GRPOConfig fields, see recipes/"
+  sdpo_launcher
+  sdpo_wandb
+
+  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/train.py" --config "$RECIPE"
+    --train_jsonl "$TRAIN_JSONL" --val_jsonl "$VAL_JSONL" --train_n "$TRAIN_N")
+  if [[ -n "${EVAL_N:-}" ]]; then cmd+=(--eval_n "$EVAL_N"); fi
+  cmd+=(--seed "$SEED" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --system_prompt "$SYSTEM_PROMPT"
+    --model_name_or_path "$MODEL_NAME_OR_PATH" "${SIMULATOR_ARGS[@]}" --style "$STYLE"
+    --learning_rate "$LR" --per_device_train_batch_size "$BS" --gradient_accumulation_steps "$GA"
+    --output_dir "$OUTPUT_DIR" --report_to wandb --run_name "$WANDB_NAME")
+  if [[ -n "${RESUME_FROM_CHECKPOINT:-}" ]]; then cmd+=(--resume_from_checkpoint "$RESUME_FROM_CHECKPOINT"); fi
+  cmd+=("${PASSTHROUGH[@]}")
+  sdpo_print_and_run "${cmd[@]}"
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Experiment 2: online SDPO on HelpSteer2 prompts, with Claude Haiku playing the user (ClaudeStyleUserSimulator).
+# Every setting is an environment variable (see usage below); the paper's run settings are in recipes/helpsteer.yaml.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+usage() {
+  cat <<'USAGE'
+usage: [VAR=value ...] scripts/train_online_sdpo.sh [--dry-run] [-- extra train.py arguments]
+
+Online SDPO on HelpSteer2 prompts with Claude Haiku as the simulated user (needs ANTHROPIC_API_KEY).
+Variables (default):
+  MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
+  STYLE                    simulated user's style (concise_casual_beginner); see STYLE_PERSONAS in user_simulator.py
+  LR, BS, GA               learning rate, per-device batch size, gradient accumulation (5e-6, 4, 1)
+  WORLD_SIZE               number of GPUs (4); 1 runs plain python, more run accelerate launch
+  ACCELERATE_CONFIG        accelerate config file used instead of --num_processes (unset)
+  TRAIN_JSONL, VAL_JSONL   prompt files (./data/helpsteer2_prompts/{train,validation}.jsonl)
+  TRAIN_N, EVAL_N          prompts used for training (512) and validation (unset: all)
+  SEED                     seed of the prompt subset and of training (42)
+  MAX_PROMPT_TOKENS        drop longer prompts (2048)
+  SYSTEM_PROMPT            policy system prompt: tldr or general (general)
+  CLAUDE_MODEL             Claude model of the user (unset: train.py's default, Claude Haiku 4.5)
+  RECIPE                   YAML run settings passed with --config (recipes/helpsteer.yaml)
+  RUN_ID                   run name (helpsteer-<style>-<date>-<time>)
+  OUTPUT_DIR               checkpoints ($SCRATCH/sdpo-runs/<run-id>; without SCRATCH:
+                           ./runs/sdpo-runs/<run-id> in the repository)
+  RESUME_FROM_CHECKPOINT   checkpoint folder to resume from, or "last" for the newest in OUTPUT_DIR (unset)
+  WANDB_PROJECT, WANDB_NAME  wandb project (sdpo-helpsteer2) and run name (RUN_ID); offline without WANDB_API_KEY
+  PYTHON                   python used when WORLD_SIZE=1 (python)
+Options:
+  --dry-run   print the settings and the exact command, run nothing
+  -h, --help  this help
+USAGE
+}
+
+sdpo_parse_args "$@"
+
+if [[ -z "${ANTHROPIC_API_KEY:-}" ]]; then
+  if ((DRY_RUN)); then
+    sdpo_warn "ANTHROPIC_API_KEY is not set: a real run stops here"
+  else
+    sdpo_die "ANTHROPIC_API_KEY is not set. This experiment's simulated user is Claude: export ANTHROPIC_API_KEY=... \
+first (or use scripts/train_online_sdpo_tldr.sh, whose user model runs locally). Nothing was launched."
+  fi
+fi
+
+EXPERIMENT=helpsteer
+RUNS_SUBDIR=sdpo-runs
+PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh
+: "${MODEL_NAME_OR_PATH:=Qwen/Qwen3-8B}"
+: "${STYLE:=concise_casual_beginner}"
+: "${LR:=5e-6}"
+: "${BS:=4}"
+: "${GA:=1}"
+: "${WORLD_SIZE:=4}"
+: "${TRAIN_JSONL:=$SDPO_ROOT/data/helpsteer2_prompts/train.jsonl}"
+: "${VAL_JSONL:=$SDPO_ROOT/data/helpsteer2_prompts/validation.jsonl}"
+: "${TRAIN_N:=512}"
+: "${SEED:=42}"
+: "${MAX_PROMPT_TOKENS:=2048}"
+: "${SYSTEM_PROMPT:=general}"
+: "${RECIPE:=$SDPO_ROOT/recipes/helpsteer.yaml}"
+: "${WANDB_PROJECT:=sdpo-helpsteer2}"
+
+SHOWN_SIMULATOR_VARS=(CLAUDE_MODEL)
+SIMULATOR_ARGS=()
+if [[ -n "${CLAUDE_MODEL:-}" ]]; then SIMULATOR_ARGS=(--claude_model "$CLAUDE_MODEL"); fi
+sdpo_train
