@@ -1,0 +1,168 @@
+"""The pure pieces of SDPO, checked against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from sdpo_trainer import (
+    DEFAULT_HINDSIGHT_TEMPLATE,
+    OnlineSDPOConfig,
+    aggregate_loss,
+    fit_request,
+    hindsight_messages,
+    last_user_text,
+    leave_one_out_baseline,
+    masked_mean,
+    ppo_clip_token_loss,
+    sdpo_advantages,
+)
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "first question"},
+    {"role": "assistant", "content": "first answer"},
+    {"role": "user", "content": "Summarise this post."},
+]
+
+
+def test_hindsight_appends_feedback_to_last_user_turn_only():
+    out = hindsight_messages(MESSAGES, "too long!", "\n[future]\n{feedback}")
+    assert out[0] == MESSAGES[0]
+    assert out[1] == MESSAGES[1] and out[2] == MESSAGES[2]
+    assert out[3] == {"role": "user", "content": "Summarise this post.\n[future]\ntoo long!"}
+    assert MESSAGES[3]["content"] == "Summarise this post."  # the input is not mutated
+    assert last_user_text(MESSAGES) == "Summarise this post."
+
+
+def test_default_template_announces_a_future_message():
+    block = DEFAULT_HINDSIGHT_TEMPLATE.format(feedback="FEEDBACK")
+    assert block.endswith("\nFEEDBACK")
+    assert "future" in block and "guidance" in block
+
+
+def test_prompt_without_user_turn_is_an_error():
+    with pytest.raises(ValueError, match="no user message"):
+        hindsight_messages([{"role": "system", "content": "x"}], "o", "{feedback}")
+
+
+def test_masked_mean_ignores_padding_and_survives_empty_rows():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    assert masked_mean(values, mask).item() == pytest.approx(1.5)
+    assert masked_mean(values, mask, dim=1).tolist() == pytest.approx([1.5, 0.0])
+
+
+def test_sequence_mean_centres_each_sequence_over_its_own_tokens():
+    signal = torch.tensor([[1.0, 3.0, 100.0], [-2.0, 0.0, 2.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    has_feedback = torch.tensor([True, True])
+    adv = sdpo_advantages(signal, mask, "sequence_mean", has_feedback)
+    # row 0: mean of (1, 3) = 2 -> (-1, 1), padding -> 0; row 1: mean 0 -> unchanged
+    assert adv.tolist() == [[-1.0, 1.0, 0.0], [-2.0, 0.0, 2.0]]
+
+
+def test_raw_signal_and_missing_feedback_is_zero():
+    signal = torch.tensor([[0.5, -0.25], [1.0, 1.0]])
+    mask = torch.tensor([[1, 1], [1, 1]])
+    adv = sdpo_advantages(signal, mask, "none", torch.tensor([True, False]))
+    assert adv.tolist() == [[0.5, -0.25], [0.0, 0.0]]
+
+
+def test_leave_one_out_baseline_by_hand():
+    scores = torch.tensor([1.0, 2.0, 6.0, 10.0, 20.0, 30.0])
+    valid = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    baseline = leave_one_out_baseline(scores, valid, group_size=3)
+    # group 1: (2+6)/2, (1+6)/2, (1+2)/2; group 2 ignores the invalid 20: 30/1, (10+30)/2, 10/1
+    assert baseline.tolist() == pytest.approx([4.0, 3.5, 1.5, 30.0, 20.0, 10.0])
+    lonely = leave_one_out_baseline(torch.tensor([5.0, 7.0]), torch.tensor([1.0, 0.0]), group_size=2)
+    assert lonely.tolist() == [0.0, 5.0]
+    adv = sdpo_advantages(
+        torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 1]]), "leave_one_out", torch.tensor([True]), torch.tensor([0.5])
+    )
+    assert adv.tolist() == [[0.5, 1.5]]
+
+
+def test_ppo_clip_by_hand():
+    logps = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, 1.0, -2.0]])
+    loss, ratio = ppo_clip_token_loss(logps, old, adv, epsilon_low=0.2, epsilon_high=0.2)
+    # ratio 1.5 clipped to 1.2 for a positive advantage; 0.5 is unclipped on the pessimistic side; ratio 1 -> -A
+    assert ratio.tolist()[0] == pytest.approx([1.5, 0.5, 1.0])
+    assert loss.tolist()[0] == pytest.approx([-1.2, -0.5, 2.0])
+
+
+def test_ppo_gradient_is_minus_advantage_on_policy():
+    logps = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    adv = torch.tensor([[0.3, -0.7]])
+    loss, _ = ppo_clip_token_loss(logps, logps.detach(), adv, 0.2, 0.2)
+    loss.sum().backward()
+    assert logps.grad.tolist()[0] == pytest.approx([-0.3, 0.7])
+
+
+def test_sequence_level_ratio_is_geometric_mean():
+    logps = torch.tensor([[math.log(2.0), math.log(0.5), 5.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    _, ratio = ppo_clip_token_loss(logps, torch.zeros(1, 3), torch.ones(1, 3), 10.0, 10.0,
+                                   sequence_level_ratio=True, mask=mask)
+    assert ratio.shape == (1, 1) and ratio.item() == pytest.approx(1.0)
+
+
+def test_aggregate_loss_types_by_hand():
+    loss = torch.tensor([[1.0, 3.0, 9.0], [2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert aggregate_loss(loss, mask, "grpo", 2, 3).item() == pytest.approx(((2.0 + 2.0) / 2) / 2)
+    assert aggregate_loss(loss, mask, "bnpo", 2, 3).item() == pytest.approx((6.0 / 3) / 2)
+    assert aggregate_loss(loss, mask, "dr_grpo", 1, 4).item() == pytest.approx(6.0 / (2 * 4))
+    assert aggregate_loss(loss, mask, "dapo", 1, 3, torch.tensor(12.0)).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="loss_type"):
+        aggregate_loss(loss, mask, "bogus", 1, 3)
+
+
+def _fake_tokens(text):
+    return len(text.split())
+
+
+def test_fit_request_cuts_only_the_request():
+    render = lambda request: f"SYS {request} FEEDBACK o1 o2"  # noqa: E731
+    drop = lambda request, n: " ".join(request.split()[:-n])  # noqa: E731
+    request = "w1 w2 w3 w4 w5 w6"
+    assert fit_request(request, render, _fake_tokens, None, drop) == (render(request), False)
+    assert fit_request(request, render, _fake_tokens, 10, drop) == (render(request), False)
+    text, cut = fit_request(request, render, _fake_tokens, 7, drop)
+    assert cut and text == "SYS w1 w2 w3 FEEDBACK o1 o2"
+    with pytest.raises(ValueError, match="even with the request removed"):
+        fit_request(request, render, _fake_tokens, 3, drop)
+
+
+def test_config_accepts_a_group_of_one_and_keeps_trl_checks(tmp_path):
+    config = OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=3, report_to=[])
+    assert config.num_generations == 1
+    assert config.steps_per_generation == config.gradient_accumulation_steps
+    assert config.chat_template_kwargs == {"enable_thinking": False}
+    assert config.max_teacher_prompt_length == config.max_prompt_length + 512
+    with pytest.raises(ValueError, match="divisible by num_generations"):
+        OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=3, num_generations=2, report_to=[])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_generations": 0}, "num_generations must be >= 1"),
+        ({"advantage_baseline": "leave_one_out"}, "needs num_generations >= 2"),
+        ({"advantage_baseline": "mean"}, "choose one of sequence_mean, leave_one_out, none"),
+        ({"hindsight_template": "no placeholder"}, "must contain the placeholder"),
+        ({"hindsight_template": "{feedback} {other}"}, "only the placeholder"),
+        ({"use_liger_loss": True}, "use_liger_loss is not supported"),
+        ({"token_log_samples": -1}, "token_log_samples"),
+    ],
+)
+def test_config_rejects_bad_settings(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[], **kwargs)
+
+
+def test_config_parses_template_kwargs_from_json(tmp_path):
+    config = OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[], chat_template_kwargs='{"enable_thinking": true}')
+    assert config.chat_template_kwargs == {"enable_thinking": True}

@@ -1,0 +1,246 @@
+"""OnlineSDPOTrainer on the real embedded model (SmolLM2-135M-Instruct), on the CPU.
+
+The simulated user here is deterministic and names the request it answers, so pairing can be checked; the
+local model simulator itself is tested in test_user_simulator.py and end to end in test_train_cli.py.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sdpo_trainer import RUN_SETTINGS_NAME, TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer
+from train import SYSTEM_PROMPTS, prompt_messages
+from user_simulator import UserSimulator
+
+REQUESTS = [
+    "My landlord wants to raise the rent by 30 percent next month. Is that even legal?",
+    "I ran my first marathon yesterday and my legs feel like wood. How do I recover?",
+    "My cat knocks every glass off the table at 3am. How can I make her stop?",
+    "Our team lead takes credit for my work in every meeting. Should I talk to HR?",
+]
+RECORD_FIELDS = {
+    "step", "prompt", "completion", "feedback", "student_context", "teacher_context",
+    "completion_ids", "tokens", "logp_student", "logp_teacher", "signal",
+}
+
+
+class NamingUser(UserSimulator):
+    """Deterministic user whose reply quotes the request it answers; optionally silent on some requests."""
+
+    style = "concise_casual_beginner"
+
+    def __init__(self, silent_on=()):
+        self.silent_on = set(silent_on)
+        self.calls = []
+
+    def generate_feedback(self, prompts, completions):
+        self.calls.append((list(prompts), list(completions)))
+        return ["" if p in self.silent_on else f"About <<{p[:30]}>>: shorter, please." for p in prompts]
+
+
+def make_config(output_dir, **overrides):
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=2,
+        max_completion_length=12,
+        learning_rate=1e-4,
+        logging_steps=1,
+        save_steps=2,
+        token_log_samples=2,
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=7,
+    )
+    settings.update(overrides)
+    return OnlineSDPOConfig(**settings)
+
+
+def prompt_dataset():
+    return Dataset.from_list([{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS])
+
+
+def reference_logps(model, tokenizer, context, completion_ids):
+    """log p(y_t | context, y_<t) with plain transformers, one unpadded sequence at a time."""
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([context_ids + completion_ids])).logits[0].float()
+    logps = torch.log_softmax(logits, dim=-1)
+    return [logps[len(context_ids) - 1 + i, token].item() for i, token in enumerate(completion_ids)]
+
+
+@pytest.fixture(scope="module")
+def trained(model_dir, tmp_path_factory):
+    """A real two-step run, with every scoring forward pass of the policy counted."""
+    output_dir = tmp_path_factory.mktemp("run")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    user = NamingUser()
+    trainer = OnlineSDPOTrainer(
+        model=model_dir, user_simulator=user, args=make_config(output_dir), train_dataset=prompt_dataset(),
+        processing_class=tokenizer, run_settings={"style": user.style},
+    )
+    initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    scored = []
+
+    def count_scoring_passes(module, args, kwargs):
+        # TRL's scoring helper calls the model with use_cache=False; generation calls it with the cache on.
+        if kwargs.get("use_cache") is False:
+            scored.append(kwargs["input_ids"].shape[0])
+
+    hook = trainer.model.register_forward_pre_hook(count_scoring_passes, with_kwargs=True)
+    trainer.train()
+    hook.remove()
+    records = [json.loads(line) for line in (output_dir / TOKEN_LOG_NAME).read_text().splitlines()]
+    return dict(trainer=trainer, user=user, initial=initial, scored=scored, records=records, output_dir=output_dir,
+                tokenizer=tokenizer)
+
+
+def test_two_scoring_passes_per_sample(trained):
+    samples = trained["trainer"].args.max_steps * trained["trainer"].args.per_device_train_batch_size
+    assert sum(trained["scored"]) == 2 * samples
+
+
+def test_training_changes_weights_and_writes_a_checkpoint(trained):
+    trainer, initial = trained["trainer"], trained["initial"]
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), initial[n])]
+    assert len(changed) > len(initial) // 2
+    checkpoint = trained["output_dir"] / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
+    settings = json.loads((checkpoint / RUN_SETTINGS_NAME).read_text())
+    assert settings["style"] == "concise_casual_beginner"
+    assert settings["hindsight_template"] == trainer.args.hindsight_template
+    assert settings["chat_template_kwargs"] == {"enable_thinking": False}
+    assert settings["user_simulator"]["class"] == "NamingUser"
+
+
+def test_token_log_records_have_the_documented_format(trained):
+    records = trained["records"]
+    assert len(records) == 4  # two logging steps, token_log_samples=2 each
+    assert sorted(r["step"] for r in records) == [0, 0, 1, 1]
+    for record in records:
+        assert set(record) == RECORD_FIELDS
+        n = len(record["completion_ids"])
+        assert n > 0 and all(len(record[k]) == n for k in ("tokens", "logp_student", "logp_teacher", "signal"))
+        for s, t, a in zip(record["logp_student"], record["logp_teacher"], record["signal"]):
+            assert a == pytest.approx(t - s, abs=1e-5)
+        assert "".join(record["tokens"]).replace("<|im_end|>", "") == record["completion"]
+
+
+def test_feedback_stays_with_its_own_sample(trained):
+    for record in trained["records"]:
+        assert record["prompt"] in REQUESTS
+        assert record["feedback"] == f"About <<{record['prompt'][:30]}>>: shorter, please."
+    for prompts, completions in trained["user"].calls:
+        assert len(prompts) == len(completions) == 2
+
+
+def test_teacher_context_places_feedback_after_the_request(trained):
+    for record in trained["records"]:
+        student, teacher = record["student_context"], record["teacher_context"]
+        request_at = teacher.index(record["prompt"])
+        feedback_at = teacher.index(record["feedback"])
+        assistant_at = teacher.rindex("<|im_start|>assistant\n")
+        assert request_at < feedback_at < assistant_at
+        assert teacher.endswith("<|im_start|>assistant\n") and student.endswith("<|im_start|>assistant\n")
+        assert SYSTEM_PROMPTS["tldr"] in teacher and SYSTEM_PROMPTS["tldr"] in student
+        assert record["feedback"] not in student
+
+
+def test_advantage_matches_an_independent_computation(trained, model_dir):
+    """Step-0 records were scored with the initial weights: recompute them with plain transformers."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = trained["tokenizer"]
+    for record in [r for r in trained["records"] if r["step"] == 0]:
+        ids = record["completion_ids"]
+        student = reference_logps(model, tokenizer, record["student_context"], ids)
+        teacher = reference_logps(model, tokenizer, record["teacher_context"], ids)
+        assert record["logp_student"] == pytest.approx(student, abs=2e-3)
+        assert record["logp_teacher"] == pytest.approx(teacher, abs=2e-3)
+        assert record["signal"] == pytest.approx([t - s for t, s in zip(teacher, student)], abs=3e-3)
+
+
+def test_same_completion_tokens_in_both_contexts(trained):
+    trainer = trained["trainer"]
+    captured = []
+    hook = trainer.model.register_forward_pre_hook(
+        lambda m, a, k: captured.append(k["input_ids"].clone()) if k.get("use_cache") is False else None,
+        with_kwargs=True,
+    )
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(
+        [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS[:2]]
+    )
+    hook.remove()
+    completion = batch["completion_ids"]
+    (teacher_input,) = captured  # on-policy: generation makes the teacher pass only
+    assert torch.equal(teacher_input[:, -completion.size(1):], completion)
+    tokenizer = trained["tokenizer"]
+    for row, context in zip(teacher_input[:, : -completion.size(1)], batch["teacher_context"]):
+        assert tokenizer.decode(row[row != tokenizer.pad_token_id]) == context.replace("<|im_end|>", "") or (
+            context in tokenizer.decode(row)
+        )
+
+
+def test_truncated_completions_are_masked_only_when_asked(trained):
+    trainer = trained["trainer"]
+    prompts = [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS[2:]]
+    eos = trainer.eos_token_id
+    for mask_truncated in (False, True):
+        trainer.mask_truncated_completions = mask_truncated
+        batch = trainer._generate_and_score_completions(prompts)
+        ids, mask = batch["completion_ids"], batch["completion_mask"]
+        for row_ids, row_mask in zip(ids, mask):
+            length = int((row_ids != trainer.pad_token_id).sum()) + int(eos in row_ids.tolist())
+            truncated = eos not in row_ids.tolist()
+            if mask_truncated and truncated:
+                assert row_mask.sum() == 0
+            else:
+                # padding after the first EOS is masked, the completion (EOS included) is not
+                assert row_mask.sum() == min(length, ids.size(1))
+    trainer.mask_truncated_completions = False
+
+
+def test_samples_without_feedback_contribute_no_policy_gradient(trained):
+    trainer = trained["trainer"]
+    trainer.user_simulator = NamingUser(silent_on=REQUESTS)
+    try:
+        batch = trainer._generate_and_score_completions(
+            [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS[:2]]
+        )
+    finally:
+        trainer.user_simulator = trained["user"]
+    assert not batch["has_feedback"].any()
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert loss.item() == 0.0 and all(torch.count_nonzero(g) == 0 for g in grads)
+    trainer.model.zero_grad()
+
+
+def test_score_signal_uses_the_training_contexts(trained, model_dir):
+    trainer, tokenizer = trained["trainer"], trained["tokenizer"]
+    messages = prompt_messages(REQUESTS[0], SYSTEM_PROMPTS["tldr"])
+    (record,) = trainer.score_signal([messages], ["TL;DR: rent up 30%."], ["Way too short, explain the law."])
+    assert record["teacher_context"] == trainer.teacher_context(messages, "Way too short, explain the law.")[0]
+    assert record["completion_ids"][-1] == tokenizer.eos_token_id
+    model = trainer.model.eval()
+    student = reference_logps(model, tokenizer, record["student_context"], record["completion_ids"])
+    teacher = reference_logps(model, tokenizer, record["teacher_context"], record["completion_ids"])
+    assert record["logp_student"] == pytest.approx(student, abs=2e-3)
+    assert record["logp_teacher"] == pytest.approx(teacher, abs=2e-3)
+
+
+def test_resumed_run_trims_repeated_steps_from_the_token_log(tmp_path):
+    log = tmp_path / TOKEN_LOG_NAME
+    log.write_text("".join(json.dumps({"step": s, "prompt": str(s)}) + "\n" for s in (0, 1, 2, 3)))
+    trainer = OnlineSDPOTrainer.__new__(OnlineSDPOTrainer)
+    trainer.token_log_path = Path(log)
+    trainer._trim_token_log(2)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1]
