@@ -3,16 +3,11 @@ format and its stability, the atomic write, and the offline --source path end to
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import datasets
 import pytest
 
 import prepare_data as pdata
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tldr_row(post, *, article=None, row_id="t3_x", split="train"):
@@ -192,8 +187,8 @@ def test_tldr_from_parquet_files(tmp_path, isolated_hf_cache):
     assert (out / "validation.jsonl").read_text(encoding="utf-8") == EXPECTED_TLDR_VALIDATION
 
 
-def test_helpsteer_cli_from_jsonl_files(tmp_path, isolated_hf_cache):
-    """The real command line in a subprocess, reading JSON Lines files named by split."""
+def test_helpsteer_from_jsonl_files(tmp_path, isolated_hf_cache, capsys):
+    """JSON Lines files named by split; scripts/prepare_data_helpsteer.sh runs this same path in a subprocess."""
     source = tmp_path / "hs2 copy"
     source.mkdir()
     splits = {"train": [helpsteer_row("How do magnets work?"), helpsteer_row("How do magnets work?", "Other."),
@@ -203,11 +198,8 @@ def test_helpsteer_cli_from_jsonl_files(tmp_path, isolated_hf_cache):
         with open(source / f"{split}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     out = tmp_path / "out dir"
-    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
-    proc = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), "helpsteer", "--source", str(source),
-                           "--out_dir", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "train: rows=3, multi_turn=1, empty=0, too_long=0, duplicate=1, kept=1" in proc.stdout
+    assert pdata.main(["helpsteer", "--source", str(source), "--out_dir", str(out)]) == 0
+    assert "train: rows=3, multi_turn=1, empty=0, too_long=0, duplicate=1, kept=1" in capsys.readouterr().out
     assert (out / "train.jsonl").read_text(encoding="utf-8") == '{"prompt": "How do magnets work?"}\n'
     assert (out / "validation.jsonl").read_text(encoding="utf-8") == '{"prompt": "Write a haiku about rain."}\n'
 
