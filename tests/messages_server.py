@@ -88,6 +88,8 @@ class MessagesServer:
         self.reply = reply
         self.latency = latency
         self.requests: list[LoggedRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests being answered at once: the client's real concurrency
         self._faults: dict[Optional[str], list[Fault]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -102,7 +104,7 @@ class MessagesServer:
         return f"http://{host}:{port}"
 
     def start(self) -> "MessagesServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="messages-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="messages-server", daemon=True)
         self._thread.start()
         return self
 
@@ -134,6 +136,7 @@ class MessagesServer:
         with self._lock:
             self.requests.clear()
             self._faults.clear()
+            self.max_in_flight = 0
 
     def _next_fault(self, tag: Optional[str]) -> Optional[Fault]:
         with self._lock:
@@ -159,6 +162,16 @@ class MessagesServer:
                 pass
 
             def do_POST(self):
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self):
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
                 if self.path.split("?")[0] != "/v1/messages":
