@@ -1,0 +1,151 @@
+"""train.py: flags, data loading and every bad input, which must fail before a model is loaded."""
+
+import json
+
+import pytest
+from trl import TrlParser
+
+import train
+from sdpo_trainer import OnlineSDPOConfig
+from train import ScriptArguments, load_prompt_dataset, prompt_messages, resolve_checkpoint
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def parse(args):
+    return TrlParser((ScriptArguments, OnlineSDPOConfig)).parse_args_and_config(args=args)
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    return write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"Post number {i} about my week.\nTL;DR:"} for i in range(6)])
+
+
+def test_script_flags_and_trainer_flags_parse_together(prompts_file, tmp_path):
+    script, config = parse([
+        "--train_jsonl", str(prompts_file), "--train_n", "3", "--eval_n", "2", "--max_prompt_tokens", "300",
+        "--system_prompt", "general", "--style", "poetic", "--model_name_or_path", "m",
+        "--user_model_name_or_path", "u", "--seed", "11", "--output_dir", str(tmp_path / "out"),
+        "--learning_rate", "5e-6", "--bf16", "false", "--chat_template_kwargs", '{"enable_thinking": false}',
+    ])
+    assert (script.train_n, script.eval_n, script.max_prompt_tokens) == (3, 2, 300)
+    assert (script.system_prompt, script.style, script.user_model_name_or_path) == ("general", "poetic", "u")
+    assert config.seed == 11 and config.learning_rate == 5e-6 and config.num_generations == 1
+    assert config.chat_template_kwargs == {"enable_thinking": False}
+
+
+def test_yaml_config_sets_defaults_and_flags_override(prompts_file, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 3.0e-6\nmax_completion_length: 64\nbf16: false\nstyle: no_emojis\n")
+    script, config = parse(["--config", str(recipe), "--train_jsonl", str(prompts_file),
+                            "--max_completion_length", "32", "--output_dir", str(tmp_path / "o")])
+    assert config.learning_rate == 3e-6 and config.max_completion_length == 32 and script.style == "no_emojis"
+
+
+def test_prompts_become_chat_messages_without_the_tldr_cue():
+    assert prompt_messages("My post.\nTL;DR:", "SYS") == [
+        {"role": "system", "content": "SYS"}, {"role": "user", "content": "My post."}
+    ]
+    assert prompt_messages("Explain TL;DR: usage. ", "") == [{"role": "user", "content": "Explain TL;DR: usage."}]
+    assert "TL;DR:" in train.SYSTEM_PROMPTS["tldr"] and train.SYSTEM_PROMPTS["general"] == ""
+
+
+def test_dataset_is_filtered_shuffled_and_subset_with_the_seed(model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = [{"prompt": f"short post {i}\nTL;DR:"} for i in range(8)] + [{"prompt": "long " * 400}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    kwargs = dict(system_prompt="", tokenizer=tokenizer, max_prompt_tokens=100)
+    full = load_prompt_dataset(str(path), **kwargs)
+    assert len(full) == 8 and all("long" not in r["prompt"][-1]["content"] for r in full)
+    first = load_prompt_dataset(str(path), n=3, seed=1, **kwargs)["prompt"]
+    assert first == load_prompt_dataset(str(path), n=3, seed=1, **kwargs)["prompt"]
+    assert len(first) == 3 and first != load_prompt_dataset(str(path), n=3, seed=2, **kwargs)["prompt"]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (['{"prompt": "fine"}', '{"prompt": "broken'], r"p\.jsonl:2: malformed JSON"),
+        (['{"prompt": "fine"}', '{"text": "x"}'], r'p\.jsonl:2: missing "prompt"'),
+        (['{"prompt": "   "}'], r'p\.jsonl:1: "prompt" must be a non-empty string'),
+        (['{"prompt": 3}'], r'p\.jsonl:1: "prompt" must be a non-empty string'),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path, rows, message):
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(ValueError, match=message):
+        load_prompt_dataset(str(path), system_prompt="")
+
+
+def test_empty_after_filtering_is_an_error(model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a post that is certainly longer than four tokens"}])
+    with pytest.raises(ValueError, match="no prompts left after filtering"):
+        load_prompt_dataset(str(path), system_prompt="", tokenizer=AutoTokenizer.from_pretrained(model_dir),
+                            max_prompt_tokens=4)
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--train_jsonl", "/nonexistent/train.jsonl"], FileNotFoundError, "no such file: /nonexistent/train.jsonl"),
+        ([], ValueError, "--train_jsonl is required"),
+        (["--train_jsonl", "{data}", "--style", "grumpy"], ValueError,
+         "Unknown style 'grumpy'. Known styles: .*concise_casual_beginner"),
+        (["--train_jsonl", "{data}", "--val_jsonl", "/nope.jsonl"], FileNotFoundError, "--val_jsonl: no such file"),
+        (["--train_jsonl", "{data}", "--train_n", "0"], ValueError, "--train_n must be >= 1"),
+    ],
+)
+def test_bad_flags_fail_before_any_model_loads(prompts_file, tmp_path, extra, error, message):
+    args = ["--output_dir", str(tmp_path / "o"), "--bf16", "false", "--model_name_or_path", "/nonexistent/model"]
+    with pytest.raises(error, match=message):
+        parse(args + [a.replace("{data}", str(prompts_file)) for a in extra])
+
+
+def test_unknown_system_prompt_lists_the_choices(prompts_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--train_jsonl", str(prompts_file), "--system_prompt", "chatty", "--output_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "tldr" in capsys.readouterr().err
+
+
+def test_resume_last_needs_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint-\\* folder"):
+        resolve_checkpoint("last", str(tmp_path))
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-12").mkdir()
+    assert resolve_checkpoint("last", str(tmp_path)).endswith("checkpoint-12")
+    assert resolve_checkpoint(None, str(tmp_path)) is None
+
+
+def test_claude_user_without_key_fails_before_any_model_loads(prompts_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    script, config = parse(["--train_jsonl", str(prompts_file), "--output_dir", str(tmp_path / "o"), "--bf16", "false",
+                            "--model_name_or_path", "/nonexistent/policy"])
+    with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
+        train.build_user_simulator(script, config.chat_template_kwargs)
+
+
+def test_main_runs_one_real_step_with_the_local_user(model_dir, tmp_path):
+    """The whole CLI path on the embedded model: policy and simulated user are both SmolLM2."""
+    data = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "I adopted a shy cat. She hides all day.\nTL;DR:"}] * 2)
+    out = tmp_path / "run"
+    train.main(*parse([
+        "--train_jsonl", str(data), "--model_name_or_path", model_dir, "--user_model_name_or_path", model_dir,
+        "--user_max_new_tokens", "8", "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size",
+        "2", "--max_completion_length", "8", "--report_to", "none", "--bf16", "false",
+        "--gradient_checkpointing", "false", "--save_strategy", "no",
+    ]))
+    (record, *_) = [json.loads(line) for line in (out / "token_logps.jsonl").read_text().splitlines()]
+    assert record["prompt"] == "I adopted a shy cat. She hides all day."
+    assert record["feedback"] and record["feedback"] in record["teacher_context"]
+    settings = json.loads((out / "sdpo_run_settings.json").read_text())
+    assert settings["system_prompt"] == train.SYSTEM_PROMPTS["tldr"]
+    assert settings["user_simulator"]["model_name_or_path"] == model_dir
+    assert (out / "model.safetensors").is_file()
