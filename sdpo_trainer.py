@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from accelerate.utils import gather_object
-from transformers import TrainerState
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainerCallback, TrainerState
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import pad
@@ -285,6 +287,74 @@ class OnlineSDPOConfig(GRPOConfig):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and stopping
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> Optional[str]:
+    """The newest `checkpoint-N` folder that was saved to the end.
+
+    `sdpo_run_settings.json` is the last file a checkpoint gets, so a folder without it (a save cut short by a
+    crash or a kill) is skipped rather than handed to a resume that would choke on it.
+    """
+    complete, partial = [], []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            done = (path / RUN_SETTINGS_NAME).is_file() and (path / "trainer_state.json").is_file()
+            (complete if done else partial).append((int(match.group(1)), path))
+    for _, path in partial:
+        logger.warning("Skipping incomplete checkpoint %s", path)
+    return str(max(complete)[1]) if complete else None
+
+
+class GracefulStop(TrainerCallback):
+    """The first SIGTERM or SIGINT ends the run after the current step, with a checkpoint; a second one kills.
+
+    Processes can receive the signal at different steps, so the decision is reduced across them every step:
+    all stop at the same step, and none waits forever in a collective the others have left.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.requested: Optional[int] = None
+        self.stopped_at_step: Optional[int] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
+        logger.warning("%s received: stopping after this step with a checkpoint (send it again to kill)",
+                       signal.Signals(signum).name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        flag = torch.tensor(float(self.requested is not None), device=self.accelerator.device)
+        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for death by the signal (a process that did not receive it uses SIGTERM's)."""
+        return 128 + (self.requested or signal.SIGTERM)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -330,6 +400,8 @@ class OnlineSDPOTrainer(GRPOTrainer):
             peft_config=peft_config,
         )
         self.user_simulator = user_simulator
+        self.graceful_stop = GracefulStop(self.accelerator)
+        self.add_callback(self.graceful_stop)
         self.run_settings = dict(run_settings or {})
         self.token_log_path = Path(args.output_dir) / TOKEN_LOG_NAME
         self._token_log_buffer: list[dict] = []
@@ -678,7 +750,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
         if self.user_simulator is None:
             raise ValueError("OnlineSDPOTrainer.train needs a user_simulator")
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in {self.args.output_dir} to resume from")
         first_step = 0

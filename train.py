@@ -19,11 +19,16 @@ from typing import Optional
 
 import datasets
 from transformers import AutoTokenizer
-from transformers.trainer_utils import get_last_checkpoint
 from trl import TrlParser
 
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from user_simulator import STYLE_PERSONAS, StyleUserSimulator, UserSimulator, validate_style
+from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer, latest_complete_checkpoint
+from user_simulator import (
+    STYLE_PERSONAS,
+    ClaudeStyleUserSimulator,
+    StyleUserSimulator,
+    UserSimulator,
+    validate_style,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +67,22 @@ class ScriptArguments:
         metadata={"help": "Local user-simulator model. When unset, Claude plays the user (needs ANTHROPIC_API_KEY)."},
     )
     user_max_new_tokens: int = field(default=128, metadata={"help": "Longest simulated-user reply, in tokens."})
-    user_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the simulated user."})
+    user_temperature: Optional[float] = field(
+        default=None,
+        metadata={"help": "Sampling temperature of the simulated user (default: 0.7 for a local model; for Claude "
+                          "none is sent, since the current Messages API version rejects it)."},
+    )
     user_batch_size: int = field(default=8, metadata={"help": "Batch size of the local user simulator."})
     claude_model: str = field(default="claude-haiku-4-5-20251001", metadata={"help": "Claude model of the user."})
     claude_max_concurrency: int = field(default=16, metadata={"help": "Concurrent Claude requests per process."})
+    claude_timeout: float = field(default=60.0, metadata={"help": "Seconds before one Claude request times out."})
+    claude_max_retries: int = field(default=8, metadata={"help": "Retries of the anthropic SDK per request."})
+    claude_max_failed_frac: float = field(
+        default=0.5, metadata={"help": "Stop when more than this share of a step's Claude requests fails for good."}
+    )
+    claude_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "On-disk cache of Claude replies, so a resumed run does not pay twice."}
+    )
 
     def __post_init__(self):
         if self.train_jsonl is None:
@@ -140,34 +157,37 @@ def load_prompt_dataset(
 
 
 def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
+    sampling = {} if args.user_temperature is None else {"temperature": args.user_temperature}
     if args.user_model_name_or_path is not None:
         return StyleUserSimulator(
             args.user_model_name_or_path,
             args.style,
             max_new_tokens=args.user_max_new_tokens,
-            temperature=args.user_temperature,
             batch_size=args.user_batch_size,
             chat_template_kwargs=chat_template_kwargs,
+            **sampling,
         )
-    from user_simulator import ClaudeStyleUserSimulator
-
     return ClaudeStyleUserSimulator(
         args.style,
         model=args.claude_model,
         max_tokens=args.user_max_new_tokens,
-        temperature=args.user_temperature,
         max_concurrency=args.claude_max_concurrency,
+        timeout=args.claude_timeout,
+        max_retries=args.claude_max_retries,
+        max_failed_frac=args.claude_max_failed_frac,
+        cache_dir=args.claude_cache_dir,
+        **sampling,
     )
 
 
 def resolve_checkpoint(value: Optional[str], output_dir: str) -> Optional[str]:
-    """`last` means the newest checkpoint in output_dir; anything else must be an existing folder."""
+    """`last` means the newest complete checkpoint in output_dir; anything else must be an existing folder."""
     if value is None:
         return None
     if value == "last":
-        checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        checkpoint = latest_complete_checkpoint(output_dir)
         if checkpoint is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint-* folder in {output_dir}")
+            raise FileNotFoundError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in {output_dir}")
         return checkpoint
     if not os.path.isdir(value):
         raise FileNotFoundError(f"--resume_from_checkpoint: no such folder: {value}")
@@ -209,7 +229,13 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
         },
     )
     trainer.train(resume_from_checkpoint=resume)
+    stop = trainer.graceful_stop
+    if stop.stopped_at_step is not None:
+        logger.warning("Stopped by a signal at step %d, checkpoint saved; continue with --resume_from_checkpoint last",
+                       stop.stopped_at_step)
+        raise SystemExit(stop.exit_code)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the metrics of every logging step
     logger.info("Model: %s; token log: %s", training_args.output_dir, trainer.token_log_path)
 
 

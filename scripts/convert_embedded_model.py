@@ -37,7 +37,7 @@ def convert(out_dir: Path) -> None:
     gguf = find_gguf()
     logger.info("Converting %s -> %s", gguf, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
 
     tokenizer.eos_token = END_OF_TURN
     tokenizer.pad_token = END_OF_TURN

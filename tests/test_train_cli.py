@@ -115,13 +115,19 @@ def test_unknown_system_prompt_lists_the_choices(prompts_file, tmp_path, capsys)
     assert "tldr" in capsys.readouterr().err
 
 
-def test_resume_last_needs_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint-\\* folder"):
+def test_resume_last_takes_the_newest_complete_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint-\\* folder"):
         resolve_checkpoint("last", str(tmp_path))
-    (tmp_path / "checkpoint-3").mkdir()
-    (tmp_path / "checkpoint-12").mkdir()
-    assert resolve_checkpoint("last", str(tmp_path)).endswith("checkpoint-12")
+    for step, complete in ((3, True), (6, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text("{}")
+        if complete:
+            (folder / "sdpo_run_settings.json").write_text("{}")
+    assert resolve_checkpoint("last", str(tmp_path)).endswith("checkpoint-6")  # 12 was cut short
     assert resolve_checkpoint(None, str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-99"), str(tmp_path))
 
 
 def test_claude_user_without_key_fails_before_any_model_loads(prompts_file, tmp_path, monkeypatch):
