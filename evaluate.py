@@ -1,0 +1,906 @@
+"""Persona win rate of a run's checkpoints against a baseline model, judged by a local model or by Claude.
+
+    python evaluate.py --run_dir runs/x --ckpts 3 6 9 --data_path data/tldr_prompts_unique/validation.jsonl \
+        --judge local --judge_model Qwen/Qwen3-8B
+
+Protocol (the paper's). For each held-out prompt the checkpoint and the baseline each write a response, with the
+system prompt, chat-template settings and length the run was trained with (read from the checkpoint's
+`sdpo_run_settings.json`). A judge playing the run's user persona sees the request and the two responses,
+labelled A and B, and answers A, B or C (a tie). Every pair is judged twice with the positions swapped; two
+verdicts that disagree make the pair a tie. The win rate is wins / (wins + losses), ties excluded.
+
+Responses are greedy by default: the comparison then measures the models, not sampling noise, and the cached
+baseline responses stay valid for every checkpoint and every re-run. `--temperature` or `--use_run_temperature`
+samples instead.
+
+Files in the output folder (default `<run_dir>/eval/`):
+  judgments.jsonl          every judged pair: prompt, both responses, both verdicts and the judge's raw text
+  baseline_responses.jsonl the baseline's responses, keyed by baseline model + generation settings + prompt
+  win_rates.md / .csv      one row per checkpoint
+  win_rate.png             win rate against step, with standard-error bars
+A re-run skips the pairs already in judgments.jsonl, so an interrupted evaluation resumes without paying twice.
+Under `accelerate launch` generation (and local judging) is sharded across processes; the main process writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from sdpo_trainer import RUN_SETTINGS_NAME, last_user_text, write_atomic
+from train import SYSTEM_PROMPTS, load_prompt_dataset
+from user_simulator import STYLE_PERSONAS, validate_style
+
+logger = logging.getLogger(__name__)
+
+JUDGES = ("local", "claude")
+DEFAULT_JUDGE_MODELS = {"local": "Qwen/Qwen3-8B", "claude": "claude-haiku-4-5-20251001"}
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+JUDGMENTS_NAME = "judgments.jsonl"
+BASELINE_CACHE_NAME = "baseline_responses.jsonl"
+TABLE_NAME = "win_rates"
+PLOT_NAME = "win_rate.png"
+
+JUDGE_SYSTEM_TEMPLATE = (
+    "You are a user who asked an AI assistant for something and got two candidate responses, A and B.\n"
+    "Your persona: {persona}\n\n"
+    "Judge the responses only by how well each one suits you, the user described above. Answer with a single "
+    "letter: A if you prefer response A, B if you prefer response B, or C if you like them equally."
+)
+JUDGE_TURN_TEMPLATE = (
+    "My request:\n<request>\n{request}\n</request>\n\n"
+    "Response A:\n<response_a>\n{response_a}\n</response_a>\n\n"
+    "Response B:\n<response_b>\n{response_b}\n</response_b>\n\n"
+    "Which response do I prefer? Answer A, B or C (a tie)."
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure pieces: the judge's prompt, verdict parsing, swap-and-tie resolution, win-rate arithmetic.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def judge_messages(style: str, request: str, response_a: str, response_b: str) -> list[dict[str, str]]:
+    """The judge's conversation: the persona as system prompt, the request and both labelled responses as user turn."""
+    persona = STYLE_PERSONAS[validate_style(style)]
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM_TEMPLATE.format(persona=persona)},
+        {
+            "role": "user",
+            "content": JUDGE_TURN_TEMPLATE.format(request=request, response_a=response_a, response_b=response_b),
+        },
+    ]
+
+
+_THINK_BLOCK = re.compile(r"<think>.*?(</think>|\Z)", re.S)
+_OPEN = r"[\s*_\"'`(\[{<]*"
+_CLOSE = r"[\s*_\"'`)\]}>.!:]*"
+# Tier 1: the reply is the letter, or starts with it ("B", "**B**", "[[A]]", "B. It is shorter", "A is better").
+_BARE = re.compile(_OPEN + r"([ABCabc])" + _CLOSE)
+_LEADING = re.compile(r"\A" + _OPEN + r"([ABC])(?=" + _CLOSE + r"(?:\n|\Z)|[.:,)!]|\s+(?:is|wins)\b|\s*\()")
+# Tier 2: a decisive phrase names the letter ("The better response is B", "I prefer A", "Verdict: C").
+_DECISIVE = re.compile(
+    r"(?i:\b(?:verdict|answer|choice|winner|pick|prefer|preference|better|best)(?:\s+(?:response|answer|one|option))?)"
+    r"\s*(?:(?i:is|would be|:|-|=)\s*)*(?:(?i:response|answer|option)\s+)?" + r"[*_\"'`(\[]*([ABC])\b"
+)
+_DECISIVE_TIE = re.compile(r"(?i)\bit'?s a tie\b|\b(?:verdict|answer)\s*(?:is|:)\s*(?:a\s+)?tie\b")
+# Tier 3: a single response named anywhere ("Response B suits me"), or the word "tie".
+_MENTION = re.compile(r"(?i:\b(?:response|answer|option))\s+[*_\"'`(\[]*([ABC])\b")
+_TIE = re.compile(r"(?i)\btie\b|\bequally good\b")
+
+
+def parse_verdict(text: Optional[str]) -> Optional[str]:
+    """The judge's verdict, "A", "B" or "C" (tie), or None when the text names none or names several.
+
+    Rules from the strictest to the loosest; the first rule that finds something decides, and a rule that finds
+    two different letters makes the verdict unparseable rather than guessing.
+    """
+    if not text:
+        return None
+    text = _THINK_BLOCK.sub("", text).strip()
+    if not text:
+        return None
+    lines = text.splitlines()
+    for candidate in (text, lines[0]):
+        match = _BARE.fullmatch(candidate)
+        if match:
+            return match.group(1).upper()
+    tiers = (
+        {m.group(1) for m in _LEADING.finditer(text)},
+        {m.group(1) for m in _DECISIVE.finditer(text)} | ({"C"} if _DECISIVE_TIE.search(text) else set()),
+        {m.group(1) for m in _MENTION.finditer(text)} | ({"C"} if _TIE.search(text) else set()),
+    )
+    for letters in tiers:
+        if letters:
+            return letters.pop() if len(letters) == 1 else None
+    return None
+
+
+def outcome_for_policy(verdict: Optional[str], policy_label: str) -> Optional[str]:
+    """"win", "loss" or "tie" for the policy whose response was labelled `policy_label`; None for no verdict."""
+    if verdict is None:
+        return None
+    if verdict == "C":
+        return "tie"
+    return "win" if verdict == policy_label else "loss"
+
+
+def resolve_pair(first: Optional[str], second: Optional[str]) -> str:
+    """Combine the outcomes of the two position-swapped judgments of one pair.
+
+    Agreement stands; disagreement (position bias, or a genuinely close call) is a tie; a missing verdict on
+    either side makes the pair "invalid", which is reported and never folded into the ties.
+    """
+    if first is None or second is None:
+        return "invalid"
+    return first if first == second else "tie"
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """Counts over a checkpoint's pairs. `win_rate` and `stderr` are NaN when no pair was decisive."""
+
+    pairs: int
+    wins: int
+    losses: int
+    ties: int
+    invalid: int
+
+    @property
+    def decisive(self) -> int:
+        return self.wins + self.losses
+
+    @property
+    def win_rate(self) -> float:
+        return self.wins / self.decisive if self.decisive else math.nan
+
+    @property
+    def stderr(self) -> float:
+        """Binomial standard error sqrt(p(1-p)/n) over the n decisive pairs."""
+        p = self.win_rate
+        return math.sqrt(p * (1 - p) / self.decisive) if self.decisive else math.nan
+
+    @property
+    def tie_rate(self) -> float:
+        """Ties among the pairs with a valid verdict (invalid pairs are counted apart)."""
+        valid = self.pairs - self.invalid
+        return self.ties / valid if valid else math.nan
+
+
+def summarize(outcomes: Iterable[str]) -> WinRate:
+    outcomes = list(outcomes)
+    unknown = set(outcomes) - {"win", "loss", "tie", "invalid"}
+    if unknown:
+        raise ValueError(f"Unknown pair outcomes {sorted(unknown)}")
+    return WinRate(
+        pairs=len(outcomes),
+        wins=outcomes.count("win"),
+        losses=outcomes.count("loss"),
+        ties=outcomes.count("tie"),
+        invalid=outcomes.count("invalid"),
+    )
+
+
+def stable_key(*parts) -> str:
+    """A hash of JSON-serialisable parts: the identity of a cached response or of a judged pair."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalArguments:
+    """What to evaluate, against what, and how. Generation settings default to the checkpoint's own run settings."""
+
+    run_dir: Optional[str] = field(default=None, metadata={"help": "Training output folder holding checkpoint-<N>/."})
+    ckpts: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Checkpoint steps to evaluate, e.g. `--ckpts 3 6 9` (default: every checkpoint-<N>)."},
+    )
+    data_path: Optional[str] = field(
+        default=None, metadata={"help": 'Held-out prompts: JSONL with one {"prompt": "..."} object per line.'}
+    )
+    eval_n: int = field(default=256, metadata={"help": "Number of held-out prompts (a seeded random subset)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the prompt subset and of sampling, if any."})
+    max_prompt_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Drop prompts whose chat-formatted length exceeds this many tokens."}
+    )
+    baseline: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Baseline model (hub id or folder)."})
+    judge: str = field(default="local", metadata={"help": "Who judges: a local HF model or Claude.", "choices": list(JUDGES)})
+    judge_model: Optional[str] = field(
+        default=None,
+        metadata={"help": f"Judge model (default: {DEFAULT_JUDGE_MODELS['local']} for local, "
+                  f"{DEFAULT_JUDGE_MODELS['claude']} for claude)."},
+    )
+    style: Optional[str] = field(
+        default=None, metadata={"help": "Persona of the judge (default: the style each checkpoint was trained for)."}
+    )
+    system_prompt: Optional[str] = field(
+        default=None,
+        metadata={"help": "Fallback policy system prompt name (tldr or general) for settings files that lack one."},
+    )
+    chat_template_kwargs: Optional[str] = field(
+        default=None,
+        metadata={"help": "Fallback chat template kwargs (JSON) for settings files that lack them; "
+                  'default {"enable_thinking": false}. Also used for the local judge.'},
+    )
+    max_completion_length: Optional[int] = field(
+        default=None, metadata={"help": "Fallback response length in tokens for settings files that lack one."}
+    )
+    temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature of policy and baseline responses; 0 is greedy."}
+    )
+    use_run_temperature: bool = field(
+        default=False, metadata={"help": "Sample at the temperature the run was trained with instead."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Generation batch size per process."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype of the local models.", "choices": list(DTYPES)})
+    judge_max_new_tokens: int = field(default=32, metadata={"help": "Longest judge answer, in tokens."})
+    judge_temperature: float = field(default=0.0, metadata={"help": "Judge temperature; 0 is greedy/deterministic."})
+    judge_batch_size: int = field(default=8, metadata={"help": "Local judge batch size per process."})
+    claude_max_concurrency: int = field(default=16, metadata={"help": "Concurrent Claude judge requests."})
+    claude_max_retries: int = field(default=8, metadata={"help": "Retries of a failed Claude request (SDK policy)."})
+    claude_timeout: float = field(default=60.0, metadata={"help": "Seconds before a Claude request times out."})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Where results go (default <run_dir>/eval)."})
+    baseline_cache: Optional[str] = field(
+        default=None,
+        metadata={"help": f"Baseline response cache, shareable between runs (default <output_dir>/{BASELINE_CACHE_NAME})."},
+    )
+
+    def __post_init__(self):
+        if self.run_dir is None:
+            raise ValueError("--run_dir is required: the training output folder holding checkpoint-<N>/ folders")
+        if not os.path.isdir(self.run_dir):
+            raise FileNotFoundError(f"--run_dir: no such folder: {self.run_dir}")
+        if self.data_path is None:
+            raise ValueError('--data_path is required: held-out prompts, JSONL of {"prompt": ...}')
+        if not os.path.isfile(self.data_path):
+            raise FileNotFoundError(f"--data_path: no such file: {self.data_path}")
+        if self.judge not in JUDGES:
+            raise ValueError(f"Unknown --judge {self.judge!r}; choose one of {', '.join(JUDGES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.style is not None:
+            validate_style(self.style)
+        if self.system_prompt is not None:
+            if self.system_prompt not in SYSTEM_PROMPTS:
+                raise ValueError(
+                    f"Unknown --system_prompt {self.system_prompt!r}; choose one of {', '.join(SYSTEM_PROMPTS)}"
+                )
+        if isinstance(self.chat_template_kwargs, str):
+            try:
+                self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--chat_template_kwargs is not JSON: {err.msg}") from None
+        if self.chat_template_kwargs is None:
+            self.chat_template_kwargs = {"enable_thinking": False}
+        if not isinstance(self.chat_template_kwargs, dict):
+            raise ValueError("--chat_template_kwargs must be a JSON object")
+        if any(step < 0 for step in self.ckpts):
+            raise ValueError(f"--ckpts must be non-negative steps, got {self.ckpts}")
+        for name in ("eval_n", "batch_size", "judge_max_new_tokens", "judge_batch_size", "claude_max_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_prompt_tokens", "max_completion_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "judge_temperature"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0 (0 means greedy), got {getattr(self, name)}")
+        if self.judge == "claude" and self.judge_temperature > 1:
+            raise ValueError(f"--judge_temperature must be in [0, 1] for Claude, got {self.judge_temperature}")
+        if self.use_run_temperature and self.temperature > 0:
+            raise ValueError("--use_run_temperature and --temperature > 0 contradict each other; pass one")
+        if self.judge_model is None:
+            self.judge_model = DEFAULT_JUDGE_MODELS[self.judge]
+        if self.output_dir is None:
+            self.output_dir = os.path.join(self.run_dir, "eval")
+        if self.baseline_cache is None:
+            self.baseline_cache = os.path.join(self.output_dir, BASELINE_CACHE_NAME)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and their run settings, all checked before any model loads
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a response is written. Part of every cache and pair key, so changing one never reuses stale work."""
+
+    system_prompt: str
+    chat_template_kwargs: dict
+    max_new_tokens: int
+    temperature: float
+    seed: int
+
+    def as_dict(self) -> dict:
+        return {
+            "system_prompt": self.system_prompt,
+            "chat_template_kwargs": self.chat_template_kwargs,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class CheckpointPlan:
+    step: int
+    path: Path
+    style: str
+    generation: GenerationSettings
+    prompts: list = field(default_factory=list)  # chat messages, one list per held-out prompt
+    pair_keys: list = field(default_factory=list)
+
+
+def checkpoint_problems(path: Path) -> list[str]:
+    """What keeps `path` from being evaluated (empty when it is complete)."""
+    if not path.is_dir():
+        return [f"{path}: no such checkpoint folder"]
+    problems = []
+    if not (path / "config.json").is_file():
+        problems.append(f"{path}: no config.json")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        problems.append(f"{path}: no model weights (expected one of {', '.join(WEIGHT_FILES)})")
+    if not (path / RUN_SETTINGS_NAME).is_file():
+        problems.append(f"{path}: no {RUN_SETTINGS_NAME} (written by train.py with every checkpoint)")
+    return problems
+
+
+def find_checkpoint_steps(run_dir: str) -> list[int]:
+    steps = sorted(
+        int(match.group(1))
+        for name in os.listdir(run_dir)
+        if (match := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(run_dir, name))
+    )
+    if not steps:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint-<N> folders to evaluate")
+    return steps
+
+
+def read_run_settings(path: Path) -> dict:
+    settings_path = path / RUN_SETTINGS_NAME
+    try:
+        with open(settings_path, encoding="utf-8") as f:
+            settings = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{settings_path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{settings_path}: expected a JSON object")
+    return settings
+
+
+def resolve_generation(settings: dict, args: EvalArguments, where: Path) -> GenerationSettings:
+    """The checkpoint's saved settings first (they define the format the policy was trained on), flags second."""
+    def saved_or_flag(key: str, flag_value, what: str):
+        saved = settings.get(key)
+        if saved is None:
+            if flag_value is None:
+                raise ValueError(f"{where / RUN_SETTINGS_NAME}: no {key!r}; pass --{what}")
+            return flag_value
+        if flag_value is not None and flag_value != saved:
+            logger.warning("%s: using the run's %s=%r, not --%s=%r", where.name, key, saved, what, flag_value)
+        return saved
+
+    flag_prompt = SYSTEM_PROMPTS[args.system_prompt] if args.system_prompt is not None else None
+    system_prompt = saved_or_flag("system_prompt", flag_prompt, "system_prompt")
+    template_kwargs = settings.get("chat_template_kwargs")
+    if template_kwargs is None:
+        template_kwargs = args.chat_template_kwargs
+    max_new_tokens = saved_or_flag("max_completion_length", args.max_completion_length, "max_completion_length")
+    if args.use_run_temperature:
+        temperature = saved_or_flag("temperature", None, "temperature")
+    else:
+        temperature = args.temperature
+    return GenerationSettings(
+        system_prompt=system_prompt,
+        chat_template_kwargs=dict(template_kwargs),
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        seed=args.seed,
+    )
+
+
+def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
+    """Check every requested checkpoint and read its settings; all problems are reported together, early."""
+    steps = sorted(set(args.ckpts)) or find_checkpoint_steps(args.run_dir)
+    paths = [Path(args.run_dir) / f"checkpoint-{step}" for step in steps]
+    problems = [problem for path in paths for problem in checkpoint_problems(path)]
+    if problems:
+        raise FileNotFoundError("Cannot evaluate these checkpoints:\n  " + "\n  ".join(problems))
+    plans = []
+    for step, path in zip(steps, paths):
+        settings = read_run_settings(path)
+        style = args.style or settings.get("style")
+        if style is None:
+            raise ValueError(f"{path / RUN_SETTINGS_NAME}: no 'style'; pass --style")
+        try:
+            validate_style(style)
+        except ValueError as err:
+            raise ValueError(f"{path / RUN_SETTINGS_NAME}: {err}") from None
+        plans.append(CheckpointPlan(step, path, style, resolve_generation(settings, args, path)))
+    return plans
+
+
+def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) -> None:
+    """Load the held-out prompts with train.py's loader (same system prompt and format as training) and key pairs."""
+    from transformers import AutoTokenizer
+
+    loaded: dict[str, list] = {}
+    for plan in plans:
+        gen = plan.generation
+        cache_key = stable_key(gen.system_prompt, gen.chat_template_kwargs)
+        if cache_key not in loaded:
+            tokenizer = AutoTokenizer.from_pretrained(plan.path) if args.max_prompt_tokens is not None else None
+            data = load_prompt_dataset(
+                args.data_path,
+                gen.system_prompt,
+                tokenizer=tokenizer,
+                max_prompt_tokens=args.max_prompt_tokens,
+                n=args.eval_n,
+                seed=args.seed,
+                chat_template_kwargs=gen.chat_template_kwargs,
+            )
+            loaded[cache_key] = list(data["prompt"])
+        plan.prompts = loaded[cache_key]
+        judge = [args.judge, args.judge_model, args.judge_max_new_tokens, args.judge_temperature]
+        run_name = Path(args.run_dir).resolve().name
+        plan.pair_keys = [
+            stable_key(run_name, plan.step, args.baseline, gen.as_dict(), judge, plan.style, messages) for messages in plan.prompts
+        ]
+
+
+def baseline_key(baseline: str, generation: GenerationSettings, messages: list[dict]) -> str:
+    return stable_key(baseline, generation.as_dict(), messages)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files: whole-line appends and tolerant reads, so an interrupted run leaves nothing half-written behind
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_jsonl_by_key(path: Path) -> dict[str, dict]:
+    """Records of a JSONL file by their "key"; a torn last line (a crash mid-append) is ignored with a warning."""
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not line.endswith("\n"):
+                logger.warning("%s:%d: ignoring an incomplete last line (an interrupted write)", path, number)
+                continue
+            raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+        if not isinstance(record, dict) or "key" not in record:
+            raise ValueError(f'{path}:{number}: expected an object with a "key" field')
+        records[record["key"]] = record
+    return records
+
+
+def append_jsonl(path: Path, records: Sequence[dict]) -> None:
+    """Append records, one whole line per write, flushed to disk before returning."""
+    if not records:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    f.write("\n")  # end a torn line left by a crash so it cannot swallow the next record
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models: local generation (policy, baseline, local judge) and the two judges
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ChatModel:
+    """A local causal LM that answers chat conversations in batches, on this process's device."""
+
+    def __init__(self, name_or_path: str, dtype: str = "auto"):
+        import torch
+        from accelerate import PartialState
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name_or_path = str(name_or_path)
+        self.device = PartialState().device
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(self.device).eval()
+
+    def generate(
+        self,
+        conversations: Sequence[list[dict]],
+        max_new_tokens: int,
+        temperature: float,
+        batch_size: int,
+        chat_template_kwargs: dict,
+    ) -> list[str]:
+        import torch
+
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+        else:
+            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        replies: list[str] = []
+        for start in range(0, len(conversations), batch_size):
+            texts = [
+                self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True, **chat_template_kwargs)
+                for m in conversations[start : start + batch_size]
+            ]
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            with torch.no_grad():
+                output = self.model.generate(
+                    **batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
+                )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return replies
+
+    def close(self) -> None:
+        """Free the weights before the next model loads (one 8B model per GPU at a time)."""
+        import gc
+
+        import torch
+
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class LocalJudge:
+    """A local chat model as judge (Qwen3-8B in the paper's TL;DR setting), greedy by default."""
+
+    def __init__(self, model_name_or_path: str, args: EvalArguments):
+        self.chat = ChatModel(model_name_or_path, args.dtype)
+        self.args = args
+
+    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+        return self.chat.generate(
+            conversations,
+            self.args.judge_max_new_tokens,
+            self.args.judge_temperature,
+            self.args.judge_batch_size,
+            self.args.chat_template_kwargs,
+        )
+
+    def close(self) -> None:
+        self.chat.close()
+
+
+class ClaudeJudge:
+    """Claude as judge (Haiku 4.5 in the paper's HelpSteer2 setting) through the simulator's concurrent client.
+
+    A request that still fails after the SDK's retries answers None: its pair is not recorded, so a re-run
+    asks again instead of storing a failure as a verdict.
+    """
+
+    def __init__(self, args: EvalArguments):
+        from user_simulator import ClaudeMessagesClient
+
+        self.args = args
+        self.client = ClaudeMessagesClient(
+            max_concurrency=args.claude_max_concurrency, timeout=args.claude_timeout, max_retries=args.claude_max_retries
+        )
+
+    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+        from user_simulator import MessagesRequest
+
+        requests = [
+            MessagesRequest.from_chat(
+                self.args.judge_model, chat, max_tokens=self.args.judge_max_new_tokens,
+                temperature=self.args.judge_temperature,
+            )
+            for chat in conversations
+        ]
+        results = self.client.create_many(requests)
+        errors = [r.error for r in results if not r.ok]
+        if errors:
+            logger.warning("%d/%d Claude judge requests failed (first: %s)", len(errors), len(results), errors[0])
+        return [r.text if r.ok else None for r in results]
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sharded_generate(model_path: str, jobs: list[tuple[str, list[dict], GenerationSettings]], args) -> dict[str, str]:
+    """Responses for (key, messages, settings) jobs, split across processes and gathered on every process."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from transformers import set_seed
+
+    state = PartialState()
+    model = ChatModel(model_path, args.dtype)
+    done: list[tuple[str, str]] = []
+    with state.split_between_processes(jobs) as mine:
+        by_settings: dict[str, tuple[GenerationSettings, list[tuple[str, list[dict]]]]] = {}
+        for key, messages, settings in mine:
+            by_settings.setdefault(stable_key(settings.as_dict()), (settings, []))[1].append((key, messages))
+        for settings, group in by_settings.values():
+            set_seed(settings.seed + state.process_index)
+            replies = model.generate(
+                [m for _, m in group], settings.max_new_tokens, settings.temperature, args.batch_size,
+                settings.chat_template_kwargs,
+            )
+            done.extend((key, reply) for (key, _), reply in zip(group, replies))
+    model.close()
+    return dict(gather_object(done))
+
+
+def judge_pairs(judge, pairs: list[dict]) -> list[dict]:
+    """Judge each pair twice (policy first, then baseline first) and build its judgment record.
+
+    Pairs whose judge call failed (None) are left out, to be retried by the next run.
+    """
+    conversations = []
+    for pair in pairs:
+        request, policy, baseline = pair["prompt"], pair["policy_response"], pair["baseline_response"]
+        conversations.append(judge_messages(pair["style"], request, policy, baseline))
+        conversations.append(judge_messages(pair["style"], request, baseline, policy))
+    texts = judge.complete(conversations)
+    records = []
+    for i, pair in enumerate(pairs):
+        raw = [texts[2 * i], texts[2 * i + 1]]
+        if None in raw:
+            continue
+        verdicts = [parse_verdict(t) for t in raw]
+        outcomes = [outcome_for_policy(verdicts[0], "A"), outcome_for_policy(verdicts[1], "B")]
+        records.append({**pair, "verdicts": verdicts, "outcomes": outcomes, "outcome": resolve_pair(*outcomes),
+                        "raw_judgments": raw})
+    return records
+
+
+def run_judging(args: EvalArguments, pairs: list[dict], judgments_path: Path, claude: Optional[ClaudeJudge]) -> int:
+    """Judge pending pairs in chunks, appending each chunk to the judgments file. Returns the pairs left unjudged.
+
+    The local judge is sharded across processes like generation; Claude runs on the main process only (one
+    client, so one concurrency bound against the API's rate limits) after the other processes have finished.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    if args.judge == "claude":
+        if not state.is_main_process:
+            return 0
+        judge = claude
+        chunk = 4 * args.claude_max_concurrency
+    else:
+        judge = LocalJudge(args.judge_model, args)
+        chunk = args.judge_batch_size * state.num_processes * 4
+    written = 0
+    for start in range(0, len(pairs), chunk):
+        if args.judge == "claude":
+            records = judge_pairs(judge, pairs[start : start + chunk])
+        else:
+            with state.split_between_processes(pairs[start : start + chunk]) as mine:
+                records = gather_object(judge_pairs(judge, mine))
+        if state.is_main_process:
+            append_jsonl(judgments_path, records)
+            written += len(records)
+            logger.info("Judged %d/%d pairs", min(start + chunk, len(pairs)), len(pairs))
+    judge.close()
+    return len(pairs) - written
+
+
+def evaluate(args: EvalArguments) -> Optional[list[dict]]:
+    """Run the whole evaluation; the main process returns the table rows, the others None."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    plans = plan_checkpoints(args)
+    attach_prompts_and_keys(plans, args)
+    # A missing ANTHROPIC_API_KEY fails here, before any model loads.
+    claude = ClaudeJudge(args) if args.judge == "claude" and state.is_main_process else None
+    out_dir = Path(args.output_dir)
+    judgments_path = out_dir / JUDGMENTS_NAME
+    judged = read_jsonl_by_key(judgments_path)
+    baseline_cache = read_jsonl_by_key(Path(args.baseline_cache))
+    state.wait_for_everyone()  # every process has read the files before the main process appends to them
+
+    pending = {plan.step: [i for i, key in enumerate(plan.pair_keys) if key not in judged] for plan in plans}
+    logger.info("Pairs to judge: %s (already judged pairs are skipped)", {s: len(p) for s, p in pending.items()})
+
+    jobs = {}
+    for plan in plans:
+        for i in pending[plan.step]:
+            key = baseline_key(args.baseline, plan.generation, plan.prompts[i])
+            if key not in baseline_cache:
+                jobs[key] = (key, plan.prompts[i], plan.generation)
+    if jobs:
+        logger.info("Baseline %s: %d responses to write", args.baseline, len(jobs))
+        fresh = sharded_generate(args.baseline, list(jobs.values()), args)
+        records = [
+            {"key": key, "baseline": args.baseline, "generation": jobs[key][2].as_dict(), "prompt": jobs[key][1],
+             "response": response}
+            for key, response in fresh.items()
+        ]
+        baseline_cache.update({r["key"]: r for r in records})
+        if state.is_main_process:
+            append_jsonl(Path(args.baseline_cache), records)
+
+    pairs = []
+    for plan in plans:
+        if not pending[plan.step]:
+            continue
+        logger.info("Checkpoint %s: %d responses to write", plan.path, len(pending[plan.step]))
+        policy_jobs = [(plan.pair_keys[i], plan.prompts[i], plan.generation) for i in pending[plan.step]]
+        responses = sharded_generate(str(plan.path), policy_jobs, args)
+        for i in pending[plan.step]:
+            messages = plan.prompts[i]
+            pairs.append({
+                "key": plan.pair_keys[i],
+                "step": plan.step,
+                "checkpoint": plan.path.name,
+                "style": plan.style,
+                "baseline": args.baseline,
+                "judge": args.judge,
+                "judge_model": args.judge_model,
+                "generation": plan.generation.as_dict(),
+                "messages": messages,
+                "prompt": last_user_text(messages),
+                "policy_response": responses[plan.pair_keys[i]],
+                "baseline_response": baseline_cache[baseline_key(args.baseline, plan.generation, messages)]["response"],
+            })
+
+    failed = run_judging(args, pairs, judgments_path, claude) if pairs else 0
+    if not state.is_main_process:
+        return None
+    if failed:
+        logger.warning("%d pairs could not be judged (judge requests failed); re-run to judge them", failed)
+    judged = read_jsonl_by_key(judgments_path)
+    rows = []
+    for plan in plans:
+        outcomes = [judged[key]["outcome"] for key in plan.pair_keys if key in judged]
+        rows.append(table_row(plan, summarize(outcomes), args))
+    write_reports(rows, out_dir)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = ("step", "checkpoint", "style", "pairs", "wins", "losses", "ties", "invalid", "win_rate", "stderr",
+                 "tie_rate", "baseline", "judge_model")
+
+
+def table_row(plan: CheckpointPlan, result: WinRate, args: EvalArguments) -> dict:
+    return {
+        "step": plan.step,
+        "checkpoint": plan.path.name,
+        "style": plan.style,
+        "pairs": result.pairs,
+        "wins": result.wins,
+        "losses": result.losses,
+        "ties": result.ties,
+        "invalid": result.invalid,
+        "win_rate": result.win_rate,
+        "stderr": result.stderr,
+        "tie_rate": result.tie_rate,
+        "baseline": args.baseline,
+        "judge_model": args.judge_model,
+    }
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| step | pairs | wins | losses | ties | invalid | win rate ± s.e. | tie rate |",
+        "|---:|---:|---:|---:|---:|---:|:---:|---:|",
+    ]
+    for r in rows:
+        rate = "n/a" if math.isnan(r["win_rate"]) else f"{r['win_rate']:.3f} ± {r['stderr']:.3f}"
+        lines.append(
+            f"| {r['step']} | {r['pairs']} | {r['wins']} | {r['losses']} | {r['ties']} | {r['invalid']} | {rate} | "
+            f"{_fmt(r['tie_rate'])} |"
+        )
+    first = rows[0]
+    caption = (
+        f"Win rate of each checkpoint against `{first['baseline']}`, judged by `{first['judge_model']}` as the "
+        f"`{first['style']}` user; wins / (wins + losses), ties excluded, s.e. = sqrt(p(1-p)/(wins + losses)); "
+        "tie rate among pairs with a valid verdict."
+    )
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def plot_win_rates(rows: list[dict], path: Path) -> None:
+    """Win rate against step with standard-error bars and the 0.5 parity line, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if not math.isnan(r["win_rate"])]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="parity")
+    if shown:
+        ax.errorbar(
+            [r["step"] for r in shown], [r["win_rate"] for r in shown], yerr=[r["stderr"] for r in shown],
+            marker="o", capsize=4, label="checkpoint vs baseline",
+        )
+    ax.set_xticks([r["step"] for r in rows])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("win rate (ties excluded)")
+    ax.set_title(f"{rows[0]['style']} judge: {rows[0]['judge_model'].split('/')[-1]}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def write_reports(rows: list[dict], out_dir: Path) -> None:
+    write_atomic(out_dir / f"{TABLE_NAME}.md", markdown_table(rows))
+    write_atomic(out_dir / f"{TABLE_NAME}.csv", csv_table(rows))
+    plot_win_rates(rows, out_dir / PLOT_NAME)
+
+
+def main(args: EvalArguments) -> None:
+    rows = evaluate(args)
+    if rows is not None:
+        print(markdown_table(rows))
+        print(f"Wrote {TABLE_NAME}.md, {TABLE_NAME}.csv, {PLOT_NAME} and {JUDGMENTS_NAME} in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    from trl import TrlParser
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    (eval_args,) = TrlParser((EvalArguments,)).parse_args_and_config()
+    main(eval_args)

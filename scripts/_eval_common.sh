@@ -1,0 +1,40 @@
+# shellcheck shell=bash
+# The evaluation launch shared by eval_checkpoints.sh (Claude judge) and eval_checkpoints_tldr.sh (local judge).
+# Sourced after _common.sh, whose option parsing, printing, checks and launcher it uses. The caller sets JUDGE,
+# DATA_PATH, JUDGE_MODEL, MAX_PROMPT_TOKENS and PREPARE_SCRIPT, then calls sdpo_eval.
+
+sdpo_eval() {
+  : "${CKPTS:=3 6 9 12 15}"
+  : "${BASELINE:=Qwen/Qwen3-8B}"
+  : "${EVAL_N:=256}"
+  : "${WORLD_SIZE:=4}"
+
+  echo "settings:"
+  sdpo_show RUN_DIR DATA_PATH CKPTS BASELINE JUDGE JUDGE_MODEL EVAL_N MAX_PROMPT_TOKENS STYLE WORLD_SIZE \
+    ACCELERATE_CONFIG OUTPUT_DIR
+  echo "credentials:"
+  sdpo_show_secrets ANTHROPIC_API_KEY HF_TOKEN
+
+  local steps step
+  read -r -a steps <<<"$CKPTS"
+  ((${#steps[@]})) || sdpo_usage_error "CKPTS is empty: give checkpoint steps, e.g. CKPTS=\"3 6 9\""
+  for step in "${steps[@]}"; do
+    [[ "$step" =~ ^[0-9]+$ ]] || sdpo_usage_error "CKPTS must hold checkpoint steps (integers), got $(printf '%q' "$step")"
+  done
+  [[ "$EVAL_N" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "EVAL_N must be a positive integer, got $(printf '%q' "$EVAL_N")"
+  if [[ -z "${RUN_DIR:-}" ]]; then
+    sdpo_missing "RUN_DIR is not set: the OUTPUT_DIR of a training run, holding checkpoint-<N>/ folders"
+  else
+    sdpo_require_dir RUN_DIR "the OUTPUT_DIR of a training run"
+  fi
+  sdpo_require_file DATA_PATH "make it with $PREPARE_SCRIPT"
+  sdpo_launcher
+
+  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/evaluate.py" --run_dir "${RUN_DIR:-}" --ckpts "${steps[@]}"
+    --data_path "$DATA_PATH" --eval_n "$EVAL_N" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --baseline "$BASELINE"
+    --judge "$JUDGE" --judge_model "$JUDGE_MODEL")
+  if [[ -n "${STYLE:-}" ]]; then cmd+=(--style "$STYLE"); fi
+  if [[ -n "${OUTPUT_DIR:-}" ]]; then cmd+=(--output_dir "$OUTPUT_DIR"); fi
+  cmd+=("${PASSTHROUGH[@]}")
+  sdpo_print_and_run "${cmd[@]}"
+}

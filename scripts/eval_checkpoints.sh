@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Evaluate a HelpSteer2 run: the persona win rate of each checkpoint against the base model, judged by Claude
+# Haiku playing the run's simulated user (needs ANTHROPIC_API_KEY). Every setting is an environment variable.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_eval_common.sh"
+
+usage() {
+  cat <<'USAGE'
+usage: [VAR=value ...] scripts/eval_checkpoints.sh [--dry-run] [-- extra evaluate.py arguments]
+
+Win rate of a HelpSteer2 run's checkpoints against the base model, judged by Claude as the run's user
+(needs ANTHROPIC_API_KEY). Writes win_rates.md/.csv, win_rate.png and judgments.jsonl to OUTPUT_DIR; a re-run
+resumes and pays only for the pairs not judged yet.
+Variables (default):
+  RUN_DIR            the training run's OUTPUT_DIR, holding checkpoint-<N>/ (required)
+  DATA_PATH          held-out prompts (./data/helpsteer2_prompts/validation.jsonl)
+  CKPTS              checkpoint steps ("3 6 9 12 15")
+  BASELINE           baseline model (Qwen/Qwen3-8B)
+  JUDGE_MODEL        Claude judge model (claude-haiku-4-5-20251001)
+  EVAL_N             held-out prompts used (256)
+  MAX_PROMPT_TOKENS  drop longer prompts, as in training (2048)
+  STYLE              judge persona (unset: the style each checkpoint was trained for)
+  WORLD_SIZE         number of GPUs (4); 1 runs plain python, more run accelerate launch
+  ACCELERATE_CONFIG  accelerate config file used instead of --num_processes (unset)
+  OUTPUT_DIR         where results go (unset: RUN_DIR/eval)
+  PYTHON             python used when WORLD_SIZE=1 (python)
+Options:
+  --dry-run   print the settings and the exact command, run nothing
+  -h, --help  this help
+USAGE
+}
+
+sdpo_parse_args "$@"
+
+if [[ -z "${ANTHROPIC_API_KEY:-}" ]]; then
+  if ((DRY_RUN)); then
+    sdpo_warn "ANTHROPIC_API_KEY is not set: a real run stops here"
+  else
+    sdpo_die "ANTHROPIC_API_KEY is not set. The judge is Claude: export ANTHROPIC_API_KEY=... first (or use \
+scripts/eval_checkpoints_tldr.sh, whose judge runs locally). Nothing was launched."
+  fi
+fi
+
+JUDGE=claude
+PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh
+: "${DATA_PATH:=$SDPO_ROOT/data/helpsteer2_prompts/validation.jsonl}"
+: "${JUDGE_MODEL:=claude-haiku-4-5-20251001}"
+: "${MAX_PROMPT_TOKENS:=2048}"
+sdpo_eval

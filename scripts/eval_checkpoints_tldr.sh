@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Evaluate a TL;DR run: the persona win rate of each checkpoint against the base model, judged by a local model
+# (Qwen3-8B) playing the run's simulated user. Every setting is an environment variable (see usage below).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_eval_common.sh"
+
+usage() {
+  cat <<'USAGE'
+usage: [VAR=value ...] scripts/eval_checkpoints_tldr.sh [--dry-run] [-- extra evaluate.py arguments]
+
+Win rate of a TL;DR run's checkpoints against the base model, judged by a local model as the run's user.
+Writes win_rates.md/.csv, win_rate.png and judgments.jsonl to OUTPUT_DIR; a re-run resumes.
+Variables (default):
+  RUN_DIR            the training run's OUTPUT_DIR, holding checkpoint-<N>/ (required)
+  DATA_PATH          held-out prompts (./data/tldr_prompts_unique/validation.jsonl)
+  CKPTS              checkpoint steps ("3 6 9 12 15")
+  BASELINE           baseline model (Qwen/Qwen3-8B)
+  JUDGE_MODEL        local judge model (Qwen/Qwen3-8B)
+  EVAL_N             held-out prompts used (256)
+  MAX_PROMPT_TOKENS  drop longer prompts, as in training (1024)
+  STYLE              judge persona (unset: the style each checkpoint was trained for)
+  WORLD_SIZE         number of GPUs (4); 1 runs plain python, more run accelerate launch
+  ACCELERATE_CONFIG  accelerate config file used instead of --num_processes (unset)
+  OUTPUT_DIR         where results go (unset: RUN_DIR/eval)
+  PYTHON             python used when WORLD_SIZE=1 (python)
+Options:
+  --dry-run   print the settings and the exact command, run nothing
+  -h, --help  this help
+USAGE
+}
+
+sdpo_parse_args "$@"
+
+JUDGE=local
+PREPARE_SCRIPT=scripts/prepare_data_tldr.sh
+: "${DATA_PATH:=$SDPO_ROOT/data/tldr_prompts_unique/validation.jsonl}"
+: "${JUDGE_MODEL:=Qwen/Qwen3-8B}"
+: "${MAX_PROMPT_TOKENS:=1024}"
+sdpo_eval
