@@ -289,7 +289,7 @@ pre.text { white-space: pre-wrap; word-break: break-word; margin: 0.2em 0; max-h
 .tok { border-radius: 2px; }
 .tok.nl::before { content: "\\21B5"; opacity: 0.5; }
 .legend { display: flex; align-items: center; gap: 0.4em; font-family: monospace; font-size: 0.85em; margin: 0.6em 0 1.2em 0; }
-.legend .bar { display: flex; }
+.legend .bar { display: flex; border: 1px solid #999; }
 .legend .bar span { width: 1.6em; height: 1em; display: inline-block; }
 """
 
