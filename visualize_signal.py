@@ -28,7 +28,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import matplotlib
 
@@ -193,12 +193,10 @@ def read_token_log(path: str) -> list[dict]:
     return records
 
 
-def parse_steps(text: str) -> Optional[list[int]]:
-    """`last` -> [] (meaning the last step), `all` -> None, `3,7` -> [3, 7]."""
-    if text == "last":
-        return []
-    if text == "all":
-        return None
+def parse_steps(text: str) -> Union[str, list[int]]:
+    """`last`, `all`, or comma-separated step numbers (`3,7` -> [3, 7])."""
+    if text in ("last", "all"):
+        return text
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
@@ -217,12 +215,12 @@ def parse_indices(text: Optional[str]) -> Optional[list[int]]:
     return indices
 
 
-def select_records(records: list[dict], steps: Optional[list[int]], indices: Optional[list[int]]) -> list[dict]:
-    """The records of `steps` ([] = the last step, None = all), then those at `indices` among them (None = all)."""
+def select_records(records: list[dict], steps: Union[str, list[int]], indices: Optional[list[int]]) -> list[dict]:
+    """The records of `steps` (see parse_steps), then those at `indices` among them (None = all), in file order."""
     available = sorted({r["step"] for r in records})
-    if steps == []:
+    if steps == "last":
         steps = available[-1:]
-    if steps is not None:
+    if steps != "all":
         missing = [s for s in steps if s not in available]
         if missing:
             raise ValueError(f"step(s) {missing} not in the token log; it has steps {available}")
@@ -325,6 +323,13 @@ def format_stats(stats: dict) -> str:
     )
 
 
+NO_FEEDBACK = "(empty: no usable feedback, so training masked this sample's advantage to 0)"
+
+
+def feedback_text(record: dict) -> str:
+    return record["feedback"] if record["feedback"].strip() else NO_FEEDBACK
+
+
 def _panel_html(label: str, record: dict, vmax: float) -> str:
     return (
         '<section class="panel">'
@@ -332,7 +337,7 @@ def _panel_html(label: str, record: dict, vmax: float) -> str:
         f'<div class="stats">{html.escape(format_stats(record_stats(record)))}</div>'
         f'<span class="name">Prompt</span><pre class="text">{html.escape(record["prompt"])}</pre>'
         f'<span class="name">Feedback (the user\'s next message)</span>'
-        f'<pre class="text">{html.escape(record["feedback"])}</pre>'
+        f'<pre class="text">{html.escape(feedback_text(record))}</pre>'
         f'<span class="name">Completion, coloured by signal</span><div class="tokens">{token_spans(record, vmax)}</div>'
         "</section>"
     )
@@ -417,7 +422,7 @@ def _panel_lines(label: str, record: dict, width: int) -> tuple[list[tuple[str, 
     head += [(format_stats(record_stats(record)), "normal"), ("Prompt:", "bold")]
     head += [(line, "normal") for line in _wrap_plain(record["prompt"], width, 6)]
     head.append(("Feedback:", "bold"))
-    head += [(line, "normal") for line in _wrap_plain(record["feedback"], width, 4)]
+    head += [(line, "normal") for line in _wrap_plain(feedback_text(record), width, 4)]
     head.append(("Completion:", "bold"))
     return head, wrap_tokens(record["tokens"], width)
 
@@ -545,8 +550,7 @@ class CasesArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Model to score with (hub id or folder)."})
     system_prompt: str = field(
         default="general",
-        metadata={"help": "System prompt of the policy, as in train.py: tldr or general (none).",
-                  "choices": ["tldr", "general"]},
+        metadata={"help": "System prompt of the policy, a key of train.SYSTEM_PROMPTS: tldr or general (none)."},
     )
     out_dir: str = field(default="runs/signal_cases", metadata={"help": "Where to write the pages, tables and records."})
     temperature: float = field(

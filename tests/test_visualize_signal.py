@@ -174,6 +174,13 @@ def test_escaping_holds_in_prompt_feedback_completion_and_tokens():
     assert f"token 3: {tokens[3]!r}" in page.spans[3]["attrs"]["title"]
 
 
+def test_empty_feedback_and_a_fully_masked_completion_are_shown_as_such():
+    record = make_record(tokens=(), signal=(), feedback="  ")
+    text = one_panel(record)
+    assert parse_page(text).pres == ["Say hi.", vs.NO_FEEDBACK] and "0 tokens (masked)" in text
+    assert vs.render_png([("", [("", record)])], 1.0, "t").startswith(PNG_SIGNATURE)
+
+
 def test_html_is_self_contained():
     text = vs.render_html([("Step 1, record 0", [("", make_record())])], 1.0, "title")
     for needle in ("http", "<link", "<script", "src=", "@import", "url("):
