@@ -53,7 +53,9 @@ class ScriptArguments:
     train_n: Optional[int] = field(default=None, metadata={"help": "Use a seeded random subset of this many prompts."})
     eval_n: Optional[int] = field(default=None, metadata={"help": "Use this many validation prompts."})
     max_prompt_tokens: Optional[int] = field(
-        default=None, metadata={"help": "Drop prompts whose chat-formatted length exceeds this many tokens."}
+        default=None,
+        metadata={"help": "Drop prompts whose chat-formatted length exceeds this many tokens (default: "
+                          "--max_prompt_length, so that no prompt is silently truncated)."},
     )
     system_prompt: str = field(
         default="tldr",
@@ -194,14 +196,27 @@ def resolve_checkpoint(value: Optional[str], output_dir: str) -> Optional[str]:
     return value
 
 
+def prompt_token_limit(max_prompt_tokens: Optional[int], max_prompt_length: Optional[int]) -> Optional[int]:
+    """TRL cuts prompts longer than max_prompt_length (its generation prompt included), so drop them instead."""
+    if max_prompt_tokens is None:
+        return max_prompt_length
+    if max_prompt_length is not None and max_prompt_tokens > max_prompt_length:
+        raise ValueError(
+            f"--max_prompt_tokens {max_prompt_tokens} exceeds --max_prompt_length {max_prompt_length}: longer "
+            "prompts would be truncated at generation; raise --max_prompt_length or lower --max_prompt_tokens"
+        )
+    return max_prompt_tokens
+
+
 def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
     system_prompt = SYSTEM_PROMPTS[script_args.system_prompt]
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
     load = dict(
         system_prompt=system_prompt,
         tokenizer=tokenizer,
-        max_prompt_tokens=script_args.max_prompt_tokens,
+        max_prompt_tokens=max_prompt_tokens,
         seed=training_args.seed,
         chat_template_kwargs=training_args.chat_template_kwargs,
     )

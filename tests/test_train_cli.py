@@ -115,6 +115,14 @@ def test_unknown_system_prompt_lists_the_choices(prompts_file, tmp_path, capsys)
     assert "tldr" in capsys.readouterr().err
 
 
+def test_prompt_limit_defaults_to_the_generation_limit_and_may_not_exceed_it():
+    assert train.prompt_token_limit(None, 512) == 512
+    assert train.prompt_token_limit(300, 512) == 300
+    assert train.prompt_token_limit(None, None) is None
+    with pytest.raises(ValueError, match="--max_prompt_tokens 600 exceeds --max_prompt_length 512"):
+        train.prompt_token_limit(600, 512)
+
+
 def test_resume_last_takes_the_newest_complete_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint-\\* folder"):
         resolve_checkpoint("last", str(tmp_path))
