@@ -168,8 +168,9 @@ def check_record(record, where: str) -> dict:
             raise ValueError(f"{where}: field {name!r} has {len(values)} values but 'tokens' has {n}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             raise ValueError(f"{where}: field {name!r} must hold finite numbers")
-    if "completion_ids" in record and len(record["completion_ids"]) != n:
-        raise ValueError(f"{where}: field 'completion_ids' has {len(record['completion_ids'])} ids but 'tokens' has {n}")
+    ids = record.get("completion_ids", [None] * n)
+    if not isinstance(ids, list) or len(ids) != n:
+        raise ValueError(f"{where}: field 'completion_ids' must be a list of {n} ids, one per token")
     return record
 
 
@@ -490,7 +491,10 @@ def _linspace(lo: float, hi: float, n: int) -> list[float]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so a reader never sees half a file."""
+    """Write via a temporary file in the same folder and rename, so a reader never sees half a file.
+
+    Bytes, for the PNG too; sdpo_trainer.write_atomic writes text and importing it would load torch in log mode.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
