@@ -275,6 +275,11 @@ class OnlineSDPOConfig(GRPOConfig):
             raise ValueError(f"log_completions is not supported; read <output_dir>/{TOKEN_LOG_NAME} instead")
         if self.token_log_samples < 0:
             raise ValueError(f"token_log_samples must be >= 0, got {self.token_log_samples}")
+        if self.bf16 is None and not self.fp16 and not self.use_cpu and not torch.cuda.is_available():
+            # GRPOConfig turns bf16 on whenever it is unset, which TrainingArguments then refuses on a machine
+            # without a GPU; an explicit `bf16: true` (as in the recipes) is still honoured or refused.
+            logger.info("No GPU: bf16 is off (pass --bf16 true to force it)")
+            self.bf16 = False
         if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
             self.max_teacher_prompt_length = self.max_prompt_length + 512
         try:

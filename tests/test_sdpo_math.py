@@ -163,6 +163,13 @@ def test_config_rejects_bad_settings(tmp_path, kwargs, message):
         OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[], **kwargs)
 
 
+def test_config_defaults_to_full_precision_without_a_gpu(tmp_path):
+    assert not torch.cuda.is_available()  # CI and this machine have no GPU
+    assert OnlineSDPOConfig(output_dir=str(tmp_path), report_to=[]).bf16 is False
+    with pytest.raises(ValueError, match="bf16"):
+        OnlineSDPOConfig(output_dir=str(tmp_path), report_to=[], bf16=True)
+
+
 def test_config_parses_template_kwargs_from_json(tmp_path):
     config = OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[], chat_template_kwargs='{"enable_thinking": true}')
     assert config.chat_template_kwargs == {"enable_thinking": True}
