@@ -1,0 +1,212 @@
+"""train.py's real main() with a deterministic user, and per-rank records of who simulated and trained on what.
+
+Launched by test_distributed.py and test_resume.py, alone or under `torchrun --nproc_per_node 2`:
+
+    python tests/sdpo_entry.py --train_jsonl p.jsonl --model_name_or_path models/smollm2-135m-instruct \
+        --output_dir out --record_dir rec [--wait_for_signal_after_step 1] [any train.py flag]
+
+Everything but the user simulator is the real command line: TrlParser, checkpoint resolution, the trainer, the
+graceful stop and its exit code. Each process appends JSON lines to `<record_dir>/`:
+- `simulator-rank<R>.jsonl`: every call of that process's simulator (requests and completions it was given);
+- `batches-rank<R>.jsonl`: every micro-batch that reached the loss on that process, decoded from its tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from transformers import TrainerCallback
+from trl import TrlParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import train  # noqa: E402
+from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
+from user_simulator import UserSimulator  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
+REQUESTS = [
+    "My landlord wants to raise the rent by 30 percent next month. Is that even legal?",
+    "I ran my first marathon yesterday and my legs feel like wood. How do I recover?",
+    "My cat knocks every glass off the table at 3am. How can I make her stop?",
+    "Our team lead takes credit for my work in every meeting. Should I talk to HR?",
+    "My sourdough starter smells like nail polish remover. Did I kill it?",
+    "I keep forgetting my friends' birthdays. Any simple trick that works?",
+]
+SILENT_WORD = "sourdough"  # the user says nothing to this request: its sample must carry has_feedback=False
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-api03-MARKER-7d1f0c2b9e",
+    "WANDB_API_KEY": "wandb-MARKER-4c8e1a6f3d",
+    "HF_TOKEN": "hf_MARKERq9w8e7r6t5y4",
+}
+
+
+def naming_feedback(request: str) -> str:
+    """The deterministic user's reply: it names the request it answers, so a misplaced reply is visible."""
+    return "" if SILENT_WORD in request else f"About <<{request[:40]}>>: shorter, please."
+
+
+@dataclass
+class RecordArguments:
+    record_dir: str = field(metadata={"help": "Folder for the per-rank JSONL records."})
+    wait_for_signal_after_step: Optional[int] = field(
+        default=None,
+        metadata={"help": "After this step, write <record_dir>/ready-rank<R> and wait for SIGTERM/SIGINT, so a test "
+                          "can signal the run at a known step."},
+    )
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class RecordingUser(UserSimulator):
+    """NamingUser of test_trainer.py that also writes down every call it answers."""
+
+    style = "concise_casual_beginner"
+
+    def __init__(self, record_dir: Path):
+        self.path = record_dir / f"simulator-rank{rank()}.jsonl"
+        self.calls = 0
+
+    def generate_feedback(self, prompts, completions):
+        append_record(self.path, {"rank": rank(), "call": self.calls, "requests": prompts, "completions": completions})
+        self.calls += 1
+        return [naming_feedback(p) for p in prompts]
+
+
+class WaitForSignal(TrainerCallback):
+    """Hold the run after a given step until the test's signal has arrived."""
+
+    def __init__(self, trainer: OnlineSDPOTrainer, step: int, record_dir: Path):
+        self.trainer, self.step, self.ready = trainer, step, record_dir / f"ready-rank{rank()}"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step != self.step:
+            return
+        self.ready.touch()
+        deadline = time.monotonic() + 120
+        while self.trainer.graceful_stop.requested is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no signal arrived")
+            time.sleep(0.05)
+
+
+def recording_trainer(record: RecordArguments):
+    record_dir = Path(record.record_dir)
+
+    class RecordingTrainer(OnlineSDPOTrainer):
+        """Writes down, per process, what each micro-batch holds when it reaches the loss (after TRL's shuffle
+        and split of the generation batch), read from the tensors themselves."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if record.wait_for_signal_after_step is not None:
+                self.add_callback(WaitForSignal(self, record.wait_for_signal_after_step, record_dir))
+
+        def _compute_loss(self, model, inputs):
+            mask = inputs["completion_mask"].bool()
+            append_record(
+                record_dir / f"batches-rank{rank()}.jsonl",
+                {
+                    "rank": rank(),
+                    "global_step": self.state.global_step,
+                    "generation_step": inputs["generation_step"].tolist(),
+                    "request_text": inputs["request_text"],
+                    "feedback_text": inputs["feedback_text"],
+                    "completion_text": inputs["completion_text"],
+                    "teacher_context": inputs["teacher_context"],
+                    "has_feedback": inputs["has_feedback"].tolist(),
+                    "completion_ids": [ids[m].tolist() for ids, m in zip(inputs["completion_ids"], mask)],
+                    "decoded_completion": self.tokenizer.batch_decode(
+                        [ids[m].tolist() for ids, m in zip(inputs["completion_ids"], mask)], skip_special_tokens=True
+                    ),
+                    "teacher_logps": [
+                        lp[m].tolist() for lp, m in zip(inputs["teacher_per_token_logps"].float(), mask)
+                    ],
+                },
+            )
+            return super()._compute_loss(model, inputs)
+
+    return RecordingTrainer
+
+
+def main() -> None:
+    parser = TrlParser((train.ScriptArguments, OnlineSDPOConfig, RecordArguments))
+    script_args, training_args, record = parser.parse_args_and_config()
+    Path(record.record_dir).mkdir(parents=True, exist_ok=True)
+    train.build_user_simulator = lambda args, chat_template_kwargs: RecordingUser(Path(record.record_dir))
+    train.OnlineSDPOTrainer = recording_trainer(record)
+    train.main(script_args, training_args)
+
+
+# -- used by the tests that launch this script ------------------------------------------------------------------
+
+
+def write_prompts(path: Path, requests=REQUESTS) -> Path:
+    path.write_text("".join(json.dumps({"prompt": r}) + "\n" for r in requests), encoding="utf-8")
+    return path
+
+
+def common_flags(prompts: Path, output_dir: Path, record_dir: Path) -> list[str]:
+    """A run small enough for two shared CPU cores: 8 new tokens, no checkpoint unless a test asks for one."""
+    return [
+        "--train_jsonl", str(prompts), "--system_prompt", "general", "--model_name_or_path", str(MODEL_DIR),
+        "--output_dir", str(output_dir), "--record_dir", str(record_dir), "--max_completion_length", "8",
+        "--logging_steps", "1", "--token_log_samples", "64", "--report_to", "none", "--bf16", "false",
+        "--gradient_checkpointing", "false", "--use_cpu", "true", "--seed", "3", "--learning_rate", "1e-4",
+        "--dataloader_num_workers", "0",
+    ]
+
+
+def subprocess_env() -> dict[str, str]:
+    """One thread per process (two processes share two cores), offline, and the secrets a real run would hold."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               WANDB_MODE="disabled", **SECRETS)
+    env.pop("ANTHROPIC_BASE_URL", None)
+    return env
+
+
+def launch(flags: list[str], log_path: Path, nproc: int = 1, env: Optional[dict] = None) -> subprocess.Popen:
+    """Start this script (under torchrun for nproc > 1) with its output in log_path."""
+    if nproc == 1:
+        command = [sys.executable, str(Path(__file__).resolve()), *flags]
+    else:
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        command = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(Path(__file__).resolve()), *flags]
+    log = open(log_path, "w")
+    return subprocess.Popen(command, cwd=ROOT, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def finish(process: subprocess.Popen, log_path: Path, timeout: float = 600) -> int:
+    """Wait for a launched run; a hung one is killed so the test fails instead of the suite hanging."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # its own session: torchrun's workers go too
+        process.wait()
+        raise AssertionError(f"run timed out; log:\n{log_path.read_text()[-4000:]}") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+if __name__ == "__main__":
+    main()
