@@ -29,7 +29,7 @@ from accelerate.utils import gather_object
 from transformers import TrainerCallback, TrainerState
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
-from trl.trainer.utils import pad
+from trl.trainer.utils import RepeatSampler, pad
 
 from user_simulator import UserSimulator
 
@@ -359,6 +359,19 @@ class GracefulStop(TrainerCallback):
         self._previous = {}
 
 
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler, with each epoch's order drawn from (seed, epoch) alone.
+
+    TRL's sampler draws epoch after epoch from one generator, which a resumed run recreates from the seed: resumed
+    in epoch k > 0, it replays epoch 0's order. The Trainer (through accelerate) calls `set_epoch` before every
+    epoch, resumed or not, so seeding there makes a resumed run see the data the uninterrupted run saw.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.seed is not None:
+            self.generator.manual_seed(self.seed + epoch)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,6 +423,17 @@ class OnlineSDPOTrainer(GRPOTrainer):
         self.run_settings = dict(run_settings or {})
         self.token_log_path = Path(args.output_dir) / TOKEN_LOG_NAME
         self._token_log_buffer: list[dict] = []
+
+    def _get_train_sampler(self, dataset=None) -> EpochSeededRepeatSampler:
+        """GRPOTrainer's sampler (same grouping and repeats), with a data order a resumed run can replay."""
+        return EpochSeededRepeatSampler(
+            data_source=self.train_dataset if dataset is None else dataset,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )
 
     # -- rendering and tokenisation --------------------------------------------------------------------------
 
