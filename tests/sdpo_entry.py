@@ -1,14 +1,15 @@
 """train.py's real main() with a deterministic user, and per-rank records of who simulated and trained on what.
 
-Launched by test_distributed.py and test_resume.py, alone or under `torchrun --nproc_per_node 2`:
+Launched by test_distributed.py and test_resume.py (through `launch`), alone or under `torchrun --nproc_per_node 2`:
 
     python tests/sdpo_entry.py --train_jsonl p.jsonl --model_name_or_path models/smollm2-135m-instruct \
-        --output_dir out --record_dir rec [--wait_for_signal_after_step 1] [any train.py flag]
+        --output_dir out --record_dir rec [--wait_for_signal_after_step 1 --wait_rank 1] [any train.py flag]
 
 Everything but the user simulator is the real command line: TrlParser, checkpoint resolution, the trainer, the
-graceful stop and its exit code. Each process appends JSON lines to `<record_dir>/`:
-- `simulator-rank<R>.jsonl`: every call of that process's simulator (requests and completions it was given);
-- `batches-rank<R>.jsonl`: every micro-batch that reached the loss on that process, decoded from its tensors.
+graceful stop and its exit code. Each process writes to `<record_dir>/`:
+- `simulator-rank<R>.jsonl`: every call of that process's simulator (the requests and completions it was given);
+- `batches-rank<R>.jsonl`: every micro-batch that reached the loss on that process, read from its tensors;
+- `ready-rank<R>` (its pid, when it waits for a signal) and `exit-rank<R>` (its exit code, when main() exits).
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ from typing import Optional
 from transformers import TrainerCallback
 from trl import TrlParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script, the repository's modules are not on the path
 
 import train  # noqa: E402
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
 from user_simulator import UserSimulator  # noqa: E402
 
-
-ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 REQUESTS = [
     "My landlord wants to raise the rent by 30 percent next month. Is that even legal?",
@@ -61,9 +61,11 @@ class RecordArguments:
     record_dir: str = field(metadata={"help": "Folder for the per-rank JSONL records."})
     wait_for_signal_after_step: Optional[int] = field(
         default=None,
-        metadata={"help": "After this step, write <record_dir>/ready-rank<R> and wait for SIGTERM/SIGINT, so a test "
-                          "can signal the run at a known step."},
+        metadata={"help": "After this step, the process of rank `wait_rank` writes its pid to "
+                          "<record_dir>/ready-rank<R> and waits for SIGTERM/SIGINT, so a test can signal it at a "
+                          "known step."},
     )
+    wait_rank: int = field(default=0, metadata={"help": "The rank that waits for the signal."})
 
 
 def rank() -> int:
@@ -99,7 +101,9 @@ class WaitForSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step != self.step:
             return
-        self.ready.touch()
+        written = self.ready.with_suffix(".tmp")
+        written.write_text(str(os.getpid()))
+        os.replace(written, self.ready)  # the test reads a whole pid or nothing
         deadline = time.monotonic() + 120
         while self.trainer.graceful_stop.requested is None:
             if time.monotonic() > deadline:
@@ -116,7 +120,7 @@ def recording_trainer(record: RecordArguments):
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            if record.wait_for_signal_after_step is not None:
+            if record.wait_for_signal_after_step is not None and record.wait_rank == rank():
                 self.add_callback(WaitForSignal(self, record.wait_for_signal_after_step, record_dir))
 
         def _compute_loss(self, model, inputs):
@@ -152,7 +156,11 @@ def main() -> None:
     Path(record.record_dir).mkdir(parents=True, exist_ok=True)
     train.build_user_simulator = lambda args, chat_template_kwargs: RecordingUser(Path(record.record_dir))
     train.OnlineSDPOTrainer = recording_trainer(record)
-    train.main(script_args, training_args)
+    try:
+        train.main(script_args, training_args)
+    except SystemExit as stop:  # write down each rank's own exit code: torchrun reports only that one failed
+        (Path(record.record_dir) / f"exit-rank{rank()}").write_text(str(stop.code))
+        raise
 
 
 # -- used by the tests that launch this script ------------------------------------------------------------------
@@ -202,6 +210,20 @@ def finish(process: subprocess.Popen, log_path: Path, timeout: float = 600) -> i
         os.killpg(process.pid, signal.SIGKILL)  # its own session: torchrun's workers go too
         process.wait()
         raise AssertionError(f"run timed out; log:\n{log_path.read_text()[-4000:]}") from None
+
+
+def signal_when_ready(record_dir: Path, process: subprocess.Popen, log_path: Path, wait_rank: int = 0,
+                      timeout: float = 300) -> None:
+    """Send SIGTERM to the process of `wait_rank` once it waits for it (see --wait_for_signal_after_step)."""
+    ready = Path(record_dir) / f"ready-rank{wait_rank}"
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before it was ready for the signal:\n{log_path.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            finish(process, log_path, timeout=0)
+        time.sleep(0.2)
+    os.kill(int(ready.read_text()), signal.SIGTERM)
 
 
 def read_jsonl(path: Path) -> list[dict]:

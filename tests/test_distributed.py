@@ -7,6 +7,7 @@ and gradient_accumulation_steps=2, also goes through TRL's shuffle and split of 
 """
 
 import json
+import signal
 from collections import Counter
 
 import pytest
@@ -18,12 +19,13 @@ from sdpo_entry import (
     launch,
     naming_feedback,
     read_jsonl,
+    signal_when_ready,
     write_prompts,
 )
 
-from sdpo_trainer import TOKEN_LOG_NAME
+from sdpo_trainer import RUN_SETTINGS_NAME, TOKEN_LOG_NAME, latest_complete_checkpoint
 
-STEPS = 2
+STEPS = 2  # the two-process run is stopped by SIGTERM after this step
 SAMPLES_PER_STEP = 4
 # Per-rank micro-batches have other shapes and other left padding than the one-process ones, so float32 matmuls
 # reduce in another order: log-probs differ by ~1e-5 (measured), which a step of Adam at lr 1e-4 carries into the
@@ -47,26 +49,37 @@ SAMPLE_METRICS = (
 
 @pytest.fixture(scope="module")
 def runs(model_dir, tmp_path_factory):
+    """Two processes signalled on rank 1 only, during step 2 of 3, against one process run for 2 steps.
+
+    A constant learning rate makes the two schedules equal although max_steps differs.
+    """
     base = tmp_path_factory.mktemp("distributed")
     prompts = write_prompts(base / "prompts.jsonl")
-    shared = ["--max_steps", str(STEPS), "--save_strategy", "no", "--top_k", "1", "--gradient_accumulation_steps", "2"]
+    shared = ["--save_strategy", "no", "--top_k", "1", "--gradient_accumulation_steps", "2",
+              "--lr_scheduler_type", "constant"]
     two = launch(
-        common_flags(prompts, base / "two", base / "two-records") + shared + ["--per_device_train_batch_size", "1"],
+        common_flags(prompts, base / "two", base / "two-records") + shared
+        + ["--per_device_train_batch_size", "1", "--max_steps", str(STEPS + 1),
+           "--wait_for_signal_after_step", str(STEPS - 1), "--wait_rank", "1"],
         base / "two.log",
         nproc=2,
     )
     one = launch(
-        common_flags(prompts, base / "one", base / "one-records") + shared + ["--per_device_train_batch_size", "2"],
+        common_flags(prompts, base / "one", base / "one-records") + shared
+        + ["--per_device_train_batch_size", "2", "--max_steps", str(STEPS)],
         base / "one.log",
     )
-    for name, process in (("two", two), ("one", one)):
-        log = base / f"{name}.log"
-        assert finish(process, log) == 0, log.read_text()[-4000:]
+    signal_when_ready(base / "two-records", two, base / "two.log", wait_rank=1)
+    two_code = finish(two, base / "two.log")
+    assert finish(one, base / "one.log") == 0, (base / "one.log").read_text()[-4000:]
     rec = base / "two-records"
     return {
+        "base": base,
+        "two_code": two_code,
+        "two_output": (base / "two.log").read_text(),
         "two_log": read_jsonl(base / "two" / TOKEN_LOG_NAME),
         "one_log": read_jsonl(base / "one" / TOKEN_LOG_NAME),
-        "two_state": read_state(base / "two"),
+        "two_state": read_state(base / "two" / f"checkpoint-{STEPS}"),  # a stopped run saves only its checkpoint
         "one_state": read_state(base / "one"),
         "simulator": {r: read_jsonl(rec / f"simulator-rank{r}.jsonl") for r in (0, 1)},
         "batches": {r: read_jsonl(rec / f"batches-rank{r}.jsonl") for r in (0, 1)},
@@ -153,3 +166,15 @@ def test_two_processes_log_the_metrics_of_one_process(runs):
             assert a[key] == pytest.approx(b[key], rel=METRIC_RTOL), (a["step"], key)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
     assert two[0]["user_sim/empty_feedback_frac"] > 0 or two[1]["user_sim/empty_feedback_frac"] > 0
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(runs):
+    assert runs["two_code"] != 0, runs["two_output"][-3000:]
+    for r in (0, 1):  # rank 0 never got the signal, yet neither rank ran another step
+        assert (runs["base"] / "two-records" / f"exit-rank{r}").read_text() == str(128 + signal.SIGTERM)
+        assert [c["call"] for c in runs["simulator"][r]] == list(range(STEPS))
+    checkpoint = runs["base"] / "two" / f"checkpoint-{STEPS}"
+    assert latest_complete_checkpoint(runs["base"] / "two") == str(checkpoint)
+    files = {p.name for p in checkpoint.iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth", RUN_SETTINGS_NAME} <= files
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == STEPS

@@ -10,7 +10,6 @@ one the uninterrupted run drew after the first.
 import json
 import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from sdpo_entry import (
     finish,
     launch,
     read_jsonl,
+    signal_when_ready,
     subprocess_env,
     write_prompts,
 )
@@ -38,14 +38,6 @@ TRAIN = ["--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", "2",
          "--gradient_accumulation_steps", "1", "--save_strategy", "no"]
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
                     "training_args.bin", RUN_SETTINGS_NAME}
-
-
-def wait_for(path: Path, process, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"run ended before {path.name}:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
-        time.sleep(0.2)
 
 
 def claude_run(base: Path, prompts: Path, server: MessagesServer):
@@ -73,8 +65,7 @@ def runs(model_dir, tmp_path_factory):
         + ["--wait_for_signal_after_step", str(STOP_AFTER - 1)],
         base / "first.log",
     )
-    wait_for(base / "first-records" / "ready-rank0", stopped, base / "first.log")
-    stopped.send_signal(signal.SIGTERM)
+    signal_when_ready(base / "first-records", stopped, base / "first.log")
     stop_code = finish(stopped, base / "first.log")
     after_stop = {
         "latest": latest_complete_checkpoint(base / "run"),
