@@ -499,18 +499,23 @@ def read_jsonl_by_key(path: Path) -> dict[str, dict]:
 
 
 def append_jsonl(path: Path, records: Sequence[dict]) -> None:
-    """Append records, one whole line per write, flushed to disk before returning."""
+    """Append records, one whole line per write, flushed to disk before returning.
+
+    A torn last line left by a crash mid-append is cut off first, so the file stays valid JSONL.
+    """
     if not records:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        if f.tell() > 0:
-            with open(path, "rb") as check:
-                check.seek(-1, os.SEEK_END)
-                if check.read(1) != b"\n":
-                    f.write("\n")  # end a torn line left by a crash so it cannot swallow the next record
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(0)
+            content = f.read()
+            if not content.endswith(b"\n"):
+                logger.warning("%s: dropping an incomplete last line (an interrupted write)", path)
+                f.truncate(content.rfind(b"\n") + 1)
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
             f.flush()
         os.fsync(f.fileno())
 
