@@ -190,16 +190,20 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def launch(flags: list[str], log_path: Path, nproc: int = 1, env: Optional[dict] = None) -> subprocess.Popen:
-    """Start this script (under torchrun for nproc > 1) with its output in log_path."""
+def start(command: list[str], log_path: Path, env: Optional[dict] = None) -> subprocess.Popen:
+    """Run a command from the repository root in its own session (so a hung one dies whole), output to log_path."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(command, cwd=ROOT, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def launch(flags: list[str], log_path: Path, nproc: int = 1) -> subprocess.Popen:
+    """Start this script, under torchrun for nproc > 1."""
+    script = str(Path(__file__).resolve())
     if nproc == 1:
-        command = [sys.executable, str(Path(__file__).resolve()), *flags]
-    else:
-        torchrun = str(Path(sys.executable).with_name("torchrun"))
-        command = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(Path(__file__).resolve()), *flags]
-    log = open(log_path, "w")
-    return subprocess.Popen(command, cwd=ROOT, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+        return start([sys.executable, script, *flags], log_path)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    return start([torchrun, "--standalone", f"--nproc_per_node={nproc}", script, *flags], log_path)
 
 
 def finish(process: subprocess.Popen, log_path: Path, timeout: float = 600) -> int:

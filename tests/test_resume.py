@@ -5,11 +5,14 @@ Generation samples at temperature 1 (TRL's default), so the resumed run must res
 optimizer and the scheduler to reproduce the uninterrupted run. Six prompts and two samples a step make an epoch
 of three steps, so the stop (after step 4) and the resume fall inside the second epoch, whose order must be the
 one the uninterrupted run drew after the first.
+
+The weights are compared bit for bit: both runs execute the same float32 CPU kernels with one thread each, in the
+same order, so any difference means some state was not restored.
 """
 
 import json
 import signal
-import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from sdpo_entry import (
     launch,
     read_jsonl,
     signal_when_ready,
+    start,
     subprocess_env,
     write_prompts,
 )
@@ -43,15 +47,13 @@ CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_st
 def claude_run(base: Path, prompts: Path, server: MessagesServer):
     """The real train.py with the Claude user (a local Messages server) and the secrets in its environment."""
     command = [
-        str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "train.py"), "--train_jsonl", str(prompts),
+        sys.executable, str(ROOT / "train.py"), "--train_jsonl", str(prompts),
         "--train_n", "2", "--system_prompt", "general", "--model_name_or_path", str(MODEL_DIR),
         "--output_dir", str(base / "claude"), "--max_steps", "1", "--per_device_train_batch_size", "2",
         "--max_completion_length", "4", "--save_steps", "1", "--logging_steps", "1", "--report_to", "none",
         "--bf16", "false", "--use_cpu", "true", "--user_max_new_tokens", "16", "--claude_max_retries", "0",
     ]
-    log = open(base / "claude.log", "w")
-    env = dict(subprocess_env(), ANTHROPIC_BASE_URL=server.url)
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return start(command, base / "claude.log", env=dict(subprocess_env(), ANTHROPIC_BASE_URL=server.url))
 
 
 @pytest.fixture(scope="module")
