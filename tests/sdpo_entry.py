@@ -230,6 +230,13 @@ def signal_when_ready(record_dir: Path, process: subprocess.Popen, log_path: Pat
     os.kill(int(ready.read_text()), signal.SIGTERM)
 
 
+def drop_weights(folder: Path) -> None:
+    """Delete the weights, optimizer states and checkpoints the runs wrote (gigabytes each); keep logs and records."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and path.suffix in {".safetensors", ".pt", ".pth", ".bin"}:
+            path.unlink()
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -15,6 +15,7 @@ from sdpo_entry import (
     REQUESTS,
     SILENT_WORD,
     common_flags,
+    drop_weights,
     finish,
     launch,
     naming_feedback,
@@ -73,7 +74,7 @@ def runs(model_dir, tmp_path_factory):
     two_code = finish(two, base / "two.log")
     assert finish(one, base / "one.log") == 0, (base / "one.log").read_text()[-4000:]
     rec = base / "two-records"
-    return {
+    yield {
         "base": base,
         "two_code": two_code,
         "two_output": (base / "two.log").read_text(),
@@ -84,6 +85,7 @@ def runs(model_dir, tmp_path_factory):
         "simulator": {r: read_jsonl(rec / f"simulator-rank{r}.jsonl") for r in (0, 1)},
         "batches": {r: read_jsonl(rec / f"batches-rank{r}.jsonl") for r in (0, 1)},
     }
+    drop_weights(base)
 
 
 def read_state(output_dir):

@@ -25,6 +25,7 @@ from sdpo_entry import (
     ROOT,
     SECRETS,
     common_flags,
+    drop_weights,
     finish,
     launch,
     read_jsonl,
@@ -88,8 +89,9 @@ def runs(model_dir, tmp_path_factory):
         for process, log in ((straight, "straight.log"), (resumed, "resume.log"), (claude, "claude.log")):
             assert finish(process, base / log) == 0, (base / log).read_text()[-4000:]
         sent_key = [SECRETS["ANTHROPIC_API_KEY"] in " ".join(r.headers.values()) for r in server.requests]
-    return dict(base=base, stop_code=stop_code, after_stop=after_stop, sent_key=sent_key,
-                stopped_log=(base / "first.log").read_text())
+    yield dict(base=base, stop_code=stop_code, after_stop=after_stop, sent_key=sent_key,
+               stopped_log=(base / "first.log").read_text())
+    drop_weights(base)
 
 
 def test_sigterm_ends_the_run_after_the_step_with_a_complete_checkpoint(runs):
