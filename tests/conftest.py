@@ -19,3 +19,13 @@ def model_dir() -> str:
     if not (MODEL_DIR / "config.json").is_file():
         pytest.fail(f"{MODEL_DIR} is missing: run `make model` (scripts/prepare_embedded_model.sh) first")
     return str(MODEL_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """TrainingArguments writes ACCELERATE_MIXED_PRECISION into os.environ; without this a bf16 config parsed in
+    one test would turn on autocast in every later test's trainer."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -344,7 +344,8 @@ def test_prepare_helpsteer_script_end_to_end_from_local_copy(tmp_path):
 # ------------------------------------------------------------------------------------------------ recipes
 PAPER_SETTINGS = {"bf16": True, "gradient_checkpointing": True, "optim": "adamw_bnb_8bit",
                   "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "temperature": 1.0, "num_train_epochs": 1,
-                  "save_strategy": "steps", "save_steps": 3, "logging_steps": 1}
+                  "save_strategy": "steps", "save_steps": 3, "logging_steps": 1,
+                  "model_init_kwargs": {"dtype": "bfloat16"}}
 
 
 @pytest.mark.parametrize("recipe,lengths", [("tldr.yaml", (1024, 256)), ("helpsteer.yaml", (2048, 2048))])
