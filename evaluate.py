@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 JUDGES = ("local", "claude")
 DEFAULT_JUDGE_MODELS = {"local": "Qwen/Qwen3-8B", "claude": "claude-haiku-4-5-20251001"}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
 JUDGMENTS_NAME = "judgments.jsonl"
 BASELINE_CACHE_NAME = "baseline_responses.jsonl"
 TABLE_NAME = "win_rates"
@@ -59,10 +61,10 @@ JUDGE_SYSTEM_TEMPLATE = (
     "letter: A if you prefer response A, B if you prefer response B, or C if you like them equally."
 )
 JUDGE_TURN_TEMPLATE = (
-    "My request:\n<request>\n{request}\n</request>\n\n"
-    "Response A:\n<response_a>\n{response_a}\n</response_a>\n\n"
-    "Response B:\n<response_b>\n{response_b}\n</response_b>\n\n"
-    "Which response do I prefer? Answer A, B or C (a tie)."
+    'My request:\n"""\n{request}\n"""\n\n'
+    "[Response A]\n{response_a}\n[End of response A]\n\n"
+    "[Response B]\n{response_b}\n[End of response B]\n\n"
+    "Which response do I prefer, A or B? (C means a tie.) Reply with the letter only."
 )
 
 
@@ -84,6 +86,8 @@ def judge_messages(style: str, request: str, response_a: str, response_b: str) -
 
 
 _THINK_BLOCK = re.compile(r"<think>.*?(</think>|\Z)", re.S)
+# "A, B, or C", "A or B", "A/B": the choices listed back (often echoing the question), never a verdict.
+_ENUMERATION = re.compile(r"\b[ABC](?:\s*(?:,|/|\bor\b|\band\b)\s*(?:or\s+|and\s+)?[ABC])+\b")
 _OPEN = r"[\s*_\"'`(\[{<]*"
 _CLOSE = r"[\s*_\"'`)\]}>.!:]*"
 # Tier 1: the reply is the letter, or starts with it ("B", "**B**", "[[A]]", "B. It is shorter", "A is better").
@@ -116,6 +120,7 @@ def parse_verdict(text: Optional[str]) -> Optional[str]:
         match = _BARE.fullmatch(candidate)
         if match:
             return match.group(1).upper()
+    text = _ENUMERATION.sub(" ", text)
     tiers = (
         {m.group(1) for m in _LEADING.finditer(text)},
         {m.group(1) for m in _DECISIVE.finditer(text)} | ({"C"} if _DECISIVE_TIE.search(text) else set()),
@@ -221,7 +226,9 @@ class EvalArguments:
         default=None, metadata={"help": "Drop prompts whose chat-formatted length exceeds this many tokens."}
     )
     baseline: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Baseline model (hub id or folder)."})
-    judge: str = field(default="local", metadata={"help": "Who judges: a local HF model or Claude.", "choices": list(JUDGES)})
+    judge: str = field(
+        default="local", metadata={"help": "Who judges: a local HF model or Claude.", "choices": list(JUDGES)}
+    )
     judge_model: Optional[str] = field(
         default=None,
         metadata={"help": f"Judge model (default: {DEFAULT_JUDGE_MODELS['local']} for local, "
@@ -232,7 +239,8 @@ class EvalArguments:
     )
     system_prompt: Optional[str] = field(
         default=None,
-        metadata={"help": "Fallback policy system prompt name (tldr or general) for settings files that lack one."},
+        metadata={"help": "Fallback policy system prompt name for settings files that lack one.",
+                  "choices": list(SYSTEM_PROMPTS)},
     )
     chat_template_kwargs: Optional[str] = field(
         default=None,
@@ -259,7 +267,8 @@ class EvalArguments:
     output_dir: Optional[str] = field(default=None, metadata={"help": "Where results go (default <run_dir>/eval)."})
     baseline_cache: Optional[str] = field(
         default=None,
-        metadata={"help": f"Baseline response cache, shareable between runs (default <output_dir>/{BASELINE_CACHE_NAME})."},
+        metadata={"help": "Baseline response cache, shareable between runs "
+                  f"(default <output_dir>/{BASELINE_CACHE_NAME})."},
     )
 
     def __post_init__(self):
@@ -459,10 +468,12 @@ def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) ->
             )
             loaded[cache_key] = list(data["prompt"])
         plan.prompts = loaded[cache_key]
-        judge = [args.judge, args.judge_model, args.judge_max_new_tokens, args.judge_temperature]
+        judge = [args.judge, args.judge_model, args.judge_max_new_tokens, args.judge_temperature,
+                 JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE]
         run_name = Path(args.run_dir).resolve().name
         plan.pair_keys = [
-            stable_key(run_name, plan.step, args.baseline, gen.as_dict(), judge, plan.style, messages) for messages in plan.prompts
+            stable_key(run_name, plan.step, args.baseline, gen.as_dict(), judge, plan.style, messages)
+            for messages in plan.prompts
         ]
 
 
@@ -558,7 +569,9 @@ class ChatModel:
         replies: list[str] = []
         for start in range(0, len(conversations), batch_size):
             texts = [
-                self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True, **chat_template_kwargs)
+                self.tokenizer.apply_chat_template(
+                    m, tokenize=False, add_generation_prompt=True, **chat_template_kwargs
+                )
                 for m in conversations[start : start + batch_size]
             ]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
@@ -614,7 +627,9 @@ class ClaudeJudge:
 
         self.args = args
         self.client = ClaudeMessagesClient(
-            max_concurrency=args.claude_max_concurrency, timeout=args.claude_timeout, max_retries=args.claude_max_retries
+            max_concurrency=args.claude_max_concurrency,
+            timeout=args.claude_timeout,
+            max_retries=args.claude_max_retries,
         )
 
     def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
@@ -856,32 +871,47 @@ def csv_table(rows: list[dict]) -> str:
 
 
 def plot_win_rates(rows: list[dict], path: Path) -> None:
-    """Win rate against step with standard-error bars and the 0.5 parity line, written atomically as PNG."""
+    """Win rate against step with standard-error bars, the tie rate beside it, and the 0.5 parity line (PNG).
+
+    The tie rate is drawn too because a position-biased judge turns pairs into ties, not into losses: a flat
+    win rate over a rising tie rate means the judge, not the policy, decided.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if not math.isnan(r["win_rate"])]
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    decisive = [r for r in rows if not math.isnan(r["win_rate"])]
+    tied = [r for r in rows if not math.isnan(r["tie_rate"])]
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="parity")
-    if shown:
+    if decisive:
         ax.errorbar(
-            [r["step"] for r in shown], [r["win_rate"] for r in shown], yerr=[r["stderr"] for r in shown],
-            marker="o", capsize=4, label="checkpoint vs baseline",
+            [r["step"] for r in decisive], [r["win_rate"] for r in decisive], yerr=[r["stderr"] for r in decisive],
+            marker="o", capsize=4, label="win rate (ties excluded)",
         )
+    else:
+        ax.text(0.5, 0.6, "no decisive pair: win rate undefined", transform=ax.transAxes, ha="center", fontsize=8)
+    if tied:
+        ax.plot([r["step"] for r in tied], [r["tie_rate"] for r in tied], marker="s", linestyle=":",
+                color="tab:grey", label="tie rate")
     ax.set_xticks([r["step"] for r in rows])
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("checkpoint step")
-    ax.set_ylabel("win rate (ties excluded)")
-    ax.set_title(f"{rows[0]['style']} judge: {rows[0]['judge_model'].split('/')[-1]}", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylabel("rate vs baseline")
+    judge = rows[0]["judge_model"].rstrip("/").split("/")[-1]
+    baseline = rows[0]["baseline"].rstrip("/").split("/")[-1]
+    ax.set_title(f"baseline {baseline}\njudge {judge} as the {rows[0]['style']} user", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a plot is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -19,7 +19,8 @@ sdpo_eval() {
   read -r -a steps <<<"$CKPTS"
   ((${#steps[@]})) || sdpo_usage_error "CKPTS is empty: give checkpoint steps, e.g. CKPTS=\"3 6 9\""
   for step in "${steps[@]}"; do
-    [[ "$step" =~ ^[0-9]+$ ]] || sdpo_usage_error "CKPTS must hold checkpoint steps (integers), got $(printf '%q' "$step")"
+    [[ "$step" =~ ^[0-9]+$ ]] ||
+      sdpo_usage_error "CKPTS must hold checkpoint steps (integers), got $(printf '%q' "$step")"
   done
   [[ "$EVAL_N" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "EVAL_N must be a positive integer, got $(printf '%q' "$EVAL_N")"
   if [[ -z "${RUN_DIR:-}" ]]; then

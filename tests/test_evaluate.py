@@ -67,6 +67,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
         ("Verdict: [[A]]", "A"),
         ("It's a tie.", "C"),
         ("<think>\nA or B? B is shorter.\n</think>\n\nB", "B"),
+        ("Between A and B, the better response is B.", "B"),
     ],
 )
 def test_parse_verdict_reads_clean_and_verbose_answers(text, verdict):
@@ -80,6 +81,8 @@ def test_parse_verdict_reads_clean_and_verbose_answers(text, verdict):
         "A better answer would mention the cost.",  # "A" is an article here, not a verdict
         "Response A is too long, response B is too short.",  # names both: ambiguous
         "<think>\nprobably B\n</think>",  # only thinking, no answer
+        "You choose to prefer response A, B, or C.",  # the choices echoed back (SmolLM2 does this)
+        "Answer A, B or C.", "Both A and B are fine.", "Pick A/B/C",
     ],
 )
 def test_parse_verdict_refuses_garbage_and_ambiguity(text):
@@ -141,8 +144,8 @@ def test_judge_sees_the_persona_as_system_prompt_and_both_labelled_responses():
     assert user["role"] == "user"
     text = user["content"]
     assert text.index("Fix my bike?") < text.index("first answer") < text.index("second answer")
-    assert "<response_a>\nfirst answer\n</response_a>" in text
-    assert "<response_b>\nsecond answer\n</response_b>" in text
+    assert "[Response A]\nfirst answer\n[End of response A]" in text
+    assert "[Response B]\nsecond answer\n[End of response B]" in text
     with pytest.raises(ValueError, match="Known styles"):
         judge_messages("grumpy", "x", "a", "b")
 
@@ -315,8 +318,11 @@ def test_rerun_makes_no_judge_call_and_loads_no_model(local_eval, no_model_loads
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def between(text, tag):
-    return re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S).group(1)
+def between(text, label):
+    """The text of "request", "A" or "B" in a judge prompt."""
+    if label == "request":
+        return re.search(r'"""\n(.*?)\n"""', text, re.S).group(1)
+    return re.search(rf"\[Response {label}\]\n(.*?)\n\[End of response {label}\]", text, re.S).group(1)
 
 
 def shorter_wins(body):
@@ -324,7 +330,7 @@ def shorter_wins(body):
     text = body["messages"][0]["content"]
     if "goodbye" in between(text, "request"):
         return "Hard to say, honestly."
-    a, b = len(between(text, "response_a")), len(between(text, "response_b"))
+    a, b = len(between(text, "A")), len(between(text, "B"))
     return "It's a tie." if a == b else f"The better response is {'A' if a < b else 'B'}."
 
 
@@ -339,11 +345,13 @@ def claude_env(monkeypatch):
 
 def test_claude_judge_sends_persona_and_both_orders_and_skips_failed_pairs(claude_env):
     args = EvalArguments(
-        run_dir=str(REPO), data_path=str(REPO / "README.md"), judge="claude", claude_max_retries=0, judge_max_new_tokens=7
+        run_dir=str(REPO), data_path=str(REPO / "README.md"), judge="claude", claude_max_retries=0,
+        judge_max_new_tokens=7,
     )
     judge = evaluate.ClaudeJudge(args)
     pairs = [
-        {"style": STYLE, "prompt": "Fix my bike?", "policy_response": "Pump tyres.", "baseline_response": "A much longer text."},
+        {"style": STYLE, "prompt": "Fix my bike?", "policy_response": "Pump tyres.",
+         "baseline_response": "A much longer text."},
         {"style": STYLE, "prompt": "ID:bad Oil?", "policy_response": "Yes, oil it well.", "baseline_response": "Yes."},
     ]
     claude_env.add_fault("bad", "server_error", times=1)  # the first request of the second pair fails for good
@@ -358,7 +366,7 @@ def test_claude_judge_sends_persona_and_both_orders_and_skips_failed_pairs(claud
         assert logged.body["temperature"] == 0.0
         assert logged.headers["anthropic-version"] == SAMPLING_API_VERSION
     first = [r.body["messages"][0]["content"] for r in claude_env.requests if r.tag is None]
-    assert sorted(between(t, "response_a") for t in first) == ["A much longer text.", "Pump tyres."]  # both positions
+    assert sorted(between(t, "A") for t in first) == ["A much longer text.", "Pump tyres."]  # both positions
 
 
 def test_claude_evaluation_end_to_end_with_failures_and_resume(claude_env, local_eval, run_dir, held_out,
@@ -450,7 +458,7 @@ def test_bad_run_settings_are_named_before_any_model_loads(tmp_path, held_out, n
         evaluate.evaluate(EvalArguments(run_dir=str(tmp_path), ckpts=[2], data_path=str(held_out)))
     # A settings file without the run's prompt format needs the fallback flags, and says which.
     fake_checkpoint(tmp_path / "checkpoint-3")
-    with pytest.raises(ValueError, match=r"checkpoint-3/sdpo_run_settings\.json: no 'system_prompt'; pass --system_prompt"):
+    with pytest.raises(ValueError, match=r"checkpoint-3/sdpo_run_settings\.json: no 'system_prompt'; pass --system_"):
         evaluate.evaluate(EvalArguments(run_dir=str(tmp_path), ckpts=[3], data_path=str(held_out)))
 
 
@@ -524,7 +532,8 @@ def test_script_dry_run_overrides_parse_with_evaluate(tmp_path, held_out):
     assert argv[:2] == ["python3", str(REPO / "evaluate.py")]
     (parsed,) = TrlParser((EvalArguments,)).parse_args_and_config(argv[2:])
     assert (parsed.run_dir, parsed.ckpts, parsed.data_path) == (str(run), [2, 4], str(held_out))
-    assert (parsed.baseline, parsed.judge, parsed.judge_model, parsed.eval_n) == ("base/model", "claude", "claude-x", 16)
+    assert (parsed.baseline, parsed.judge, parsed.judge_model) == ("base/model", "claude", "claude-x")
+    assert parsed.eval_n == 16
     assert (parsed.style, parsed.output_dir, parsed.batch_size) == ("poetic", str(tmp_path / "out"), 2)
 
 
