@@ -474,29 +474,22 @@ class OnlineSDPOTrainer(GRPOTrainer):
     def _scoring_batch_size(self) -> int:
         return self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
 
-    def _teacher_logps(self, teacher_texts, completion_ids, completion_mask) -> torch.Tensor:
-        """log p(y_t | x, o, y_<t): the no-grad hindsight pass over the same completion tokens."""
-        teacher_ids, teacher_mask = self._left_padded(teacher_texts)
-        with torch.no_grad():
-            logps, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                torch.cat([teacher_ids, completion_ids], dim=1),
-                torch.cat([teacher_mask, completion_mask], dim=1),
-                completion_ids.size(1),
-                self._scoring_batch_size(),
-            )
+    @torch.no_grad()
+    def _score(self, model, context_ids, context_mask, completion_ids, completion_mask) -> torch.Tensor:
+        """log p(y_t | context, y_<t) without gradient, through TRL's chunked log-prob helper."""
+        logps, _ = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([context_ids, completion_ids], dim=1),
+            torch.cat([context_mask, completion_mask], dim=1),
+            completion_ids.size(1),
+            self._scoring_batch_size(),
+        )
         return logps
 
-    def _student_logps_no_grad(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
-        with torch.no_grad():
-            logps, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                torch.cat([prompt_ids, completion_ids], dim=1),
-                torch.cat([prompt_mask, completion_mask], dim=1),
-                completion_ids.size(1),
-                self._scoring_batch_size(),
-            )
-        return logps
+    def _teacher_logps(self, teacher_texts, completion_ids, completion_mask) -> torch.Tensor:
+        """log p(y_t | x, o, y_<t): the hindsight pass over the very same completion tokens."""
+        teacher_ids, teacher_mask = self._left_padded(teacher_texts)
+        return self._score(self.model, teacher_ids, teacher_mask, completion_ids, completion_mask)
 
     # -- generation, feedback, teacher pass -------------------------------------------------------------------
 
@@ -562,7 +555,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
             "teacher_context": list(teacher_texts),
         }
         if needs_old:
-            old_logps = self._student_logps_no_grad(prompt_ids, prompt_mask, completion_ids, completion_mask)
+            old_logps = self._score(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
             output["old_per_token_logps"] = old_logps
         if vllm_correction:
             sampling_logps, _ = self._pad_rows(sampling_logps_list, "right", dtype=torch.float32)
@@ -599,18 +592,10 @@ class OnlineSDPOTrainer(GRPOTrainer):
         return pad(tensors, padding_value=value, padding_side=side), pad(masks, padding_value=0, padding_side=side)
 
     def _reference_logps(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
-        if self.ref_model is None:
+        if self.ref_model is None:  # PEFT: the reference is the base model, adapter disabled
             with self.accelerator.unwrap_model(self.model).disable_adapter():
-                return self._student_logps_no_grad(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        with torch.no_grad():
-            logps, _ = self._get_per_token_logps_and_entropies(
-                self.ref_model,
-                torch.cat([prompt_ids, completion_ids], dim=1),
-                torch.cat([prompt_mask, completion_mask], dim=1),
-                completion_ids.size(1),
-                self._scoring_batch_size(),
-            )
-        return logps
+                return self._score(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return self._score(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
 
     def _log_generation_metrics(self, mode, feedback, has_feedback, shortened, teacher_texts, simulator_seconds):
         device = self.accelerator.device
@@ -818,7 +803,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
         was_training = self.model.training
         self.model.eval()
         try:
-            student = self._student_logps_no_grad(prompt_ids, prompt_mask, completion_ids, completion_mask)
+            student = self._score(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
             teacher = self._teacher_logps(teacher_texts, completion_ids, completion_mask)
         finally:
             self.model.train(was_training)
@@ -842,6 +827,9 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -239,6 +239,7 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
             "persona": STYLE_PERSONAS[script_args.style],
             "system_prompt_name": script_args.system_prompt,
             "system_prompt": system_prompt,
+            "max_prompt_tokens": max_prompt_tokens,
             "train_jsonl": script_args.train_jsonl,
             "val_jsonl": script_args.val_jsonl,
         },

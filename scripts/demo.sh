@@ -11,7 +11,7 @@ usage: [VAR=value ...] scripts/demo.sh [--dry-run] [-- extra train.py arguments]
 Variables (default):
   OUT_DIR    run folder (./runs/demo)
   STYLE      persona of the simulated user (concise_casual_beginner)
-  MAX_STEPS  optimizer steps, 4 prompts each (8)
+  MAX_STEPS  optimizer steps, 4 prompts each (4)
   MODEL_DIR  policy and user model (./models/smollm2-135m-instruct)
   PYTHON     python with the requirements installed (./.venv/bin/python)
 USAGE
@@ -22,15 +22,15 @@ sdpo_parse_args "$@"
 : "${MODEL_DIR:=$SDPO_ROOT/models/smollm2-135m-instruct}"
 : "${OUT_DIR:=$SDPO_ROOT/runs/demo}"
 : "${STYLE:=concise_casual_beginner}"
-: "${MAX_STEPS:=8}"
+: "${MAX_STEPS:=4}"
 
 train=("$PYTHON" "$SDPO_ROOT/train.py"
   --train_jsonl "$SDPO_ROOT/data/sample/train.jsonl" --system_prompt tldr --style "$STYLE"
-  --model_name_or_path "$MODEL_DIR" --user_model_name_or_path "$MODEL_DIR" --user_max_new_tokens 40
+  --model_name_or_path "$MODEL_DIR" --user_model_name_or_path "$MODEL_DIR" --user_max_new_tokens 32
   --output_dir "$OUT_DIR" --overwrite_output_dir true --max_steps "$MAX_STEPS"
   --per_device_train_batch_size 4 --gradient_accumulation_steps 1 --learning_rate 2e-5
-  --max_prompt_length 384 --max_completion_length 48 --temperature 1.0
-  --logging_steps 1 --save_steps 4 --token_log_samples 4 --seed 42
+  --max_prompt_length 384 --max_completion_length 32 --temperature 1.0
+  --logging_steps 1 --save_steps 2 --token_log_samples 4 --seed 42
   --bf16 false --gradient_checkpointing false --report_to none "${PASSTHROUGH[@]}")
 report=("$PYTHON" "$SDPO_ROOT/scripts/demo_report.py" "$OUT_DIR")
 heatmap=("$PYTHON" "$SDPO_ROOT/visualize_signal.py" log --token_log "$OUT_DIR/token_logps.jsonl"
@@ -46,6 +46,9 @@ done
 if ((DRY_RUN)); then
   echo "dry run: nothing was executed"
   exit 0
+fi
+if [[ -f "$OUT_DIR/sdpo_run_settings.json" ]]; then
+  rm -rf "$OUT_DIR"  # an earlier run's folder: start afresh so no stale checkpoint is mixed in
 fi
 "${train[@]}"
 "${report[@]}"
