@@ -44,6 +44,16 @@ sdpo_missing() {
   if ((DRY_RUN)); then sdpo_warn "$*"; else sdpo_die "$*"; fi
 }
 
+# Claude needs ANTHROPIC_API_KEY: a real run stops before launching anything, a dry run only warns.
+sdpo_require_anthropic_key() {
+  if [[ -n "${ANTHROPIC_API_KEY:-}" ]]; then return 0; fi
+  if ((DRY_RUN)); then
+    sdpo_warn "ANTHROPIC_API_KEY is not set: a real run stops here"
+  else
+    sdpo_die "ANTHROPIC_API_KEY is not set. $1: export ANTHROPIC_API_KEY=... first (or use $2). Nothing was launched."
+  fi
+}
+
 sdpo_require_file() {
   local name=$1 hint=$2
   if [[ ! -f "${!name}" ]]; then sdpo_missing "$name: no such file: ${!name}${hint:+ ($hint)}"; fi

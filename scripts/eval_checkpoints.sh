@@ -33,14 +33,7 @@ USAGE
 
 sdpo_parse_args "$@"
 
-if [[ -z "${ANTHROPIC_API_KEY:-}" ]]; then
-  if ((DRY_RUN)); then
-    sdpo_warn "ANTHROPIC_API_KEY is not set: a real run stops here"
-  else
-    sdpo_die "ANTHROPIC_API_KEY is not set. The judge is Claude: export ANTHROPIC_API_KEY=... first (or use \
-scripts/eval_checkpoints_tldr.sh, whose judge runs locally). Nothing was launched."
-  fi
-fi
+sdpo_require_anthropic_key "The judge is Claude" "scripts/eval_checkpoints_tldr.sh, whose judge runs locally"
 
 JUDGE=claude
 PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh

@@ -36,14 +36,8 @@ USAGE
 
 sdpo_parse_args "$@"
 
-if [[ -z "${ANTHROPIC_API_KEY:-}" ]]; then
-  if ((DRY_RUN)); then
-    sdpo_warn "ANTHROPIC_API_KEY is not set: a real run stops here"
-  else
-    sdpo_die "ANTHROPIC_API_KEY is not set. This experiment's simulated user is Claude: export ANTHROPIC_API_KEY=... \
-first (or use scripts/train_online_sdpo_tldr.sh, whose user model runs locally). Nothing was launched."
-  fi
-fi
+sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
+  "scripts/train_online_sdpo_tldr.sh, whose user model runs locally"
 
 EXPERIMENT=helpsteer
 RUNS_SUBDIR=sdpo-runs
