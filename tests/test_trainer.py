@@ -42,6 +42,11 @@ class NamingUser(UserSimulator):
         return ["" if p in self.silent_on else f"About <<{p[:30]}>>: shorter, please." for p in prompts]
 
 
+def completion_words(completions, **kwargs):
+    """A monitoring reward: it is logged, never trained on."""
+    return [float(len(c[0]["content"].split())) for c in completions]
+
+
 def make_config(output_dir, **overrides):
     settings = dict(
         output_dir=str(output_dir),
@@ -83,7 +88,7 @@ def trained(model_dir, tmp_path_factory):
     user = NamingUser()
     trainer = OnlineSDPOTrainer(
         model=model_dir, user_simulator=user, args=make_config(output_dir), train_dataset=prompt_dataset(),
-        processing_class=tokenizer, run_settings={"style": user.style},
+        processing_class=tokenizer, run_settings={"style": user.style}, reward_funcs=[completion_words],
     )
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     scored = []
@@ -117,6 +122,35 @@ def test_training_changes_weights_and_writes_a_checkpoint(trained):
     assert settings["hindsight_template"] == trainer.args.hindsight_template
     assert settings["chat_template_kwargs"] == {"enable_thinking": False}
     assert settings["user_simulator"]["class"] == "NamingUser"
+
+
+def test_metrics_are_logged_and_rewards_only_monitored(trained):
+    history = [entry for entry in trained["trainer"].state.log_history if "loss" in entry]
+    assert len(history) == 2
+    for entry in history:
+        for key in ("sdpo/signal_mean", "sdpo/sequence_log_ratio", "sdpo/teacher_logp", "sdpo/student_logp",
+                    "user_sim/feedback_tokens", "user_sim/empty_feedback_frac", "user_sim/seconds", "entropy",
+                    "clip_ratio/region_mean", "hindsight/shortened_frac", "rewards/completion_words/mean"):
+            assert key in entry, key
+        assert entry["user_sim/empty_feedback_frac"] == 0.0 and entry["rewards/completion_words/mean"] > 0
+        # With per-sequence centring and on-policy ratios of 1, the surrogate's value is exactly 0 whatever the
+        # reward says: the reward function cannot have entered the loss.
+        assert entry["loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_chat_template_kwargs_reach_both_contexts(trained):
+    trainer = trained["trainer"]
+    saved = trainer.tokenizer.chat_template
+    trainer.tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}[thinking={{ enable_thinking }}]"
+    )
+    try:
+        messages = prompt_messages(REQUESTS[0], SYSTEM_PROMPTS["tldr"])
+        teacher, _ = trainer.teacher_context(messages, "shorter")
+        student = trainer._render(messages)
+    finally:
+        trainer.tokenizer.chat_template = saved
+    assert student.endswith("[thinking=False]") and teacher.endswith("[thinking=False]")
 
 
 def test_token_log_records_have_the_documented_format(trained):
