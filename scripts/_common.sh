@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by the scripts in scripts/ (sourced, never run): option parsing, printing, checks, the launcher and the
-# train.py command both training scripts build. Commands are bash arrays, printed with printf %q, never eval'd.
+# train.py command both training scripts build. Commands are bash arrays, printed with printf %q and never re-parsed by the shell.
 # Secrets (ANTHROPIC_API_KEY, WANDB_API_KEY, HF_TOKEN) are only ever reported as "set" or "not set".
 
 SDPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
