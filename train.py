@@ -211,6 +211,10 @@ def prompt_token_limit(max_prompt_tokens: Optional[int], max_prompt_length: Opti
 def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
+    # Claude is set up first, so a missing API key fails within a second; a local user model is loaded only once
+    # the data has been checked, since loading it takes minutes.
+    local_user = script_args.user_model_name_or_path is not None
+    user_simulator = None if local_user else build_user_simulator(script_args, training_args.chat_template_kwargs)
     system_prompt = SYSTEM_PROMPTS[script_args.system_prompt]
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
     load = dict(
@@ -226,7 +230,8 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
     )
     logger.info("Prompts: %d train, %s validation", len(train_dataset), len(eval_dataset) if eval_dataset else 0)
 
-    user_simulator = build_user_simulator(script_args, training_args.chat_template_kwargs)
+    if local_user:
+        user_simulator = build_user_simulator(script_args, training_args.chat_template_kwargs)
     trainer = OnlineSDPOTrainer(
         model=script_args.model_name_or_path,
         user_simulator=user_simulator,
