@@ -466,10 +466,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
         )
 
     def _left_padded(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.accelerator.device
-        ids = [torch.tensor(x, device=device) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        mask = [torch.ones_like(x) for x in ids]
-        return pad(ids, padding_value=self.pad_token_id, padding_side="left"), pad(mask, 0, padding_side="left")
+        return self._pad_rows(self.tokenizer(texts, add_special_tokens=False)["input_ids"], "left")
 
     def _scoring_batch_size(self) -> int:
         return self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
@@ -486,10 +483,14 @@ class OnlineSDPOTrainer(GRPOTrainer):
         )
         return logps
 
-    def _teacher_logps(self, teacher_texts, completion_ids, completion_mask) -> torch.Tensor:
-        """log p(y_t | x, o, y_<t): the hindsight pass over the very same completion tokens."""
+    def _teacher_logps(self, teacher_texts, completion_ids, completion_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(y_t | x, o, y_<t): the hindsight pass over the very same completion tokens.
+
+        Also returns the teacher prompts' lengths in tokens, so the metrics need not tokenize them again.
+        """
         teacher_ids, teacher_mask = self._left_padded(teacher_texts)
-        return self._score(self.model, teacher_ids, teacher_mask, completion_ids, completion_mask)
+        logps = self._score(self.model, teacher_ids, teacher_mask, completion_ids, completion_mask)
+        return logps, teacher_mask.sum(dim=1)
 
     # -- generation, feedback, teacher pass -------------------------------------------------------------------
 
@@ -528,7 +529,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
 
         # 3. Hindsight contexts and the teacher pass.
         teacher_texts, shortened = zip(*(self.teacher_context(m, o) for m, o in zip(messages, feedback)))
-        teacher_logps = self._teacher_logps(list(teacher_texts), completion_ids, completion_mask)
+        teacher_logps, teacher_lengths = self._teacher_logps(list(teacher_texts), completion_ids, completion_mask)
 
         # 4. Extra passes only where they are needed: old log-probs for off-policy reuse or vLLM's correction (and
         #    the leave-one-out baseline), reference log-probs for the KL penalty.
@@ -581,7 +582,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
             for i, name in enumerate(self.reward_func_names):
                 self._metrics[mode][f"rewards/{name}/mean"].append(torch.nanmean(rewards[:, i]).item())
 
-        self._log_generation_metrics(mode, feedback, has_feedback, shortened, teacher_texts, simulator_seconds)
+        self._log_generation_metrics(mode, feedback, has_feedback, shortened, teacher_lengths, simulator_seconds)
         return output
 
     def _pad_rows(self, rows, side: str, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -597,17 +598,16 @@ class OnlineSDPOTrainer(GRPOTrainer):
                 return self._score(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
         return self._score(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
 
-    def _log_generation_metrics(self, mode, feedback, has_feedback, shortened, teacher_texts, simulator_seconds):
+    def _log_generation_metrics(self, mode, feedback, has_feedback, shortened, teacher_lengths, simulator_seconds):
         device = self.accelerator.device
         gather = self.accelerator.gather
         feedback_tokens = torch.tensor([float(self._count_tokens(o)) for o in feedback], device=device)
-        teacher_tokens = torch.tensor([float(self._count_tokens(t)) for t in teacher_texts], device=device)
         metrics = self._metrics[mode]
         metrics["user_sim/seconds"].append(gather(torch.tensor(simulator_seconds, device=device)).max().item())
         metrics["user_sim/empty_feedback_frac"].append(1.0 - gather(has_feedback.float()).mean().item())
         metrics["user_sim/feedback_tokens"].append(gather(feedback_tokens).mean().item())
         metrics["hindsight/shortened_frac"].append(gather(torch.tensor(shortened, device=device).float()).mean().item())
-        metrics["hindsight/teacher_prompt_tokens"].append(gather(teacher_tokens).mean().item())
+        metrics["hindsight/teacher_prompt_tokens"].append(gather(teacher_lengths.float()).mean().item())
         for key, value in sorted(self.user_simulator.pop_metrics().items()):
             # Fractions are averaged over processes; counts, tokens and costs are totals for the step.
             reduced = gather(torch.tensor(float(value), device=device))
@@ -804,7 +804,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
         self.model.eval()
         try:
             student = self._score(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-            teacher = self._teacher_logps(teacher_texts, completion_ids, completion_mask)
+            teacher, _ = self._teacher_logps(teacher_texts, completion_ids, completion_mask)
         finally:
             self.model.train(was_training)
         inputs = {

@@ -52,7 +52,7 @@ def largest_logits(trainer, teacher_texts, completion_ids, completion_mask):
 
     hook = trainer.model.register_forward_hook(record, with_kwargs=True)
     try:
-        logps = trainer._teacher_logps(teacher_texts, completion_ids, completion_mask)
+        logps, _ = trainer._teacher_logps(teacher_texts, completion_ids, completion_mask)
     finally:
         hook.remove()
     return logps, seen
