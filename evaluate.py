@@ -32,19 +32,27 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from sdpo_trainer import RUN_SETTINGS_NAME, last_user_text, write_atomic
-from train import SYSTEM_PROMPTS, load_prompt_dataset
-from user_simulator import STYLE_PERSONAS, validate_style
+from personas import persona_catalogue, resolve_style
+from prompts import SYSTEM_PROMPTS, last_user_text, load_prompt_dataset
+from run_files import (
+    RUN_SETTINGS_NAME,
+    append_jsonl,
+    complete_checkpoints,
+    iter_jsonl,
+    read_run_settings,
+    write_atomic,
+)
+from sampling import Sampling, generate_exactly
+from user_simulator import DEFAULT_CLAUDE_MODEL
 
 logger = logging.getLogger(__name__)
 
 JUDGES = ("local", "claude")
-DEFAULT_JUDGE_MODELS = {"local": "Qwen/Qwen3-8B", "claude": "claude-haiku-4-5-20251001"}
+DEFAULT_JUDGE_MODELS = {"local": "Qwen/Qwen3-8B", "claude": DEFAULT_CLAUDE_MODEL}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -73,9 +81,8 @@ JUDGE_TURN_TEMPLATE = (
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def judge_messages(style: str, request: str, response_a: str, response_b: str) -> list[dict[str, str]]:
+def judge_messages(persona: str, request: str, response_a: str, response_b: str) -> list[dict[str, str]]:
     """The judge's conversation: the persona as system prompt, the request and both labelled responses as user turn."""
-    persona = STYLE_PERSONAS[validate_style(style)]
     return [
         {"role": "system", "content": JUDGE_SYSTEM_TEMPLATE.format(persona=persona)},
         {
@@ -235,7 +242,13 @@ class EvalArguments:
                   f"{DEFAULT_JUDGE_MODELS['claude']} for claude)."},
     )
     style: Optional[str] = field(
-        default=None, metadata={"help": "Persona of the judge (default: the style each checkpoint was trained for)."}
+        default=None,
+        metadata={"help": "Persona of the judge (default: the persona text each checkpoint was trained with, as "
+                          "stored in its run settings)."},
+    )
+    persona_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "YAML or JSON file of style name -> persona description for --style, as in train.py."},
     )
     system_prompt: Optional[str] = field(
         default=None,
@@ -270,6 +283,7 @@ class EvalArguments:
         metadata={"help": "Baseline response cache, shareable between runs "
                   f"(default <output_dir>/{BASELINE_CACHE_NAME})."},
     )
+    judge_persona: Optional[str] = field(default=None, init=False)  # the text of --style, resolved on parsing
 
     def __post_init__(self):
         if self.run_dir is None:
@@ -284,8 +298,14 @@ class EvalArguments:
             raise ValueError(f"Unknown --judge {self.judge!r}; choose one of {', '.join(JUDGES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        # Resolved here so that a bad persona file or style fails before any model loads.
+        self.judge_persona = None
         if self.style is not None:
-            validate_style(self.style)
+            catalogue = persona_catalogue(self.persona_file)
+            self.style = resolve_style(self.style, catalogue)
+            self.judge_persona = catalogue[self.style]
+        elif self.persona_file is not None:
+            raise ValueError("--persona_file needs --style: without it the judge plays each run's stored persona")
         if self.system_prompt is not None:
             if self.system_prompt not in SYSTEM_PROMPTS:
                 raise ValueError(
@@ -335,7 +355,7 @@ class GenerationSettings:
     system_prompt: str
     chat_template_kwargs: dict
     max_new_tokens: int
-    temperature: float
+    sampling: Sampling
     seed: int
 
     def as_dict(self) -> dict:
@@ -343,7 +363,7 @@ class GenerationSettings:
             "system_prompt": self.system_prompt,
             "chat_template_kwargs": self.chat_template_kwargs,
             "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
+            "sampling": self.sampling.as_dict(),
             "seed": self.seed,
         }
 
@@ -353,7 +373,9 @@ class CheckpointPlan:
     step: int
     path: Path
     style: str
+    persona: str  # the text the judge plays
     generation: GenerationSettings
+    interactions: Optional[int] = None  # answers the user had replied to by this checkpoint, over all processes
     prompts: list = field(default_factory=list)  # chat messages, one list per held-out prompt
     pair_keys: list = field(default_factory=list)
 
@@ -372,27 +394,12 @@ def checkpoint_problems(path: Path) -> list[str]:
     return problems
 
 
-def find_checkpoint_steps(run_dir: str) -> list[int]:
-    steps = sorted(
-        int(match.group(1))
-        for name in os.listdir(run_dir)
-        if (match := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(run_dir, name))
-    )
+def default_checkpoint_steps(run_dir: str) -> list[int]:
+    """Every complete checkpoint of the run: what a default evaluation covers, whatever the run's length."""
+    steps = [step for step, _ in complete_checkpoints(run_dir)]
     if not steps:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint-<N> folders to evaluate")
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint-<N> folders to evaluate")
     return steps
-
-
-def read_run_settings(path: Path) -> dict:
-    settings_path = path / RUN_SETTINGS_NAME
-    try:
-        with open(settings_path, encoding="utf-8") as f:
-            settings = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{settings_path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{settings_path}: expected a JSON object")
-    return settings
 
 
 def resolve_generation(settings: dict, args: EvalArguments, where: Path) -> GenerationSettings:
@@ -414,21 +421,40 @@ def resolve_generation(settings: dict, args: EvalArguments, where: Path) -> Gene
         template_kwargs = args.chat_template_kwargs
     max_new_tokens = saved_or_flag("max_completion_length", args.max_completion_length, "max_completion_length")
     if args.use_run_temperature:
-        temperature = saved_or_flag("temperature", None, "temperature")
+        saved = settings.get("sampling") or {"temperature": saved_or_flag("temperature", None, "temperature")}
+        sampling = Sampling(**{k: saved[k] for k in Sampling.__dataclass_fields__ if k in saved})
     else:
-        temperature = args.temperature
+        sampling = Sampling(temperature=args.temperature)
     return GenerationSettings(
         system_prompt=system_prompt,
         chat_template_kwargs=dict(template_kwargs),
         max_new_tokens=int(max_new_tokens),
-        temperature=float(temperature),
+        sampling=sampling,
         seed=args.seed,
     )
 
 
+def judge_persona(settings: dict, args: EvalArguments, where: Path) -> tuple[str, str]:
+    """(style, persona text) the judge plays: --style if given, else the text the checkpoint trained with."""
+    if args.style is not None:
+        return args.style, args.judge_persona
+    style, persona = settings.get("style"), settings.get("persona")
+    if style is None:
+        raise ValueError(f"{where / RUN_SETTINGS_NAME}: no 'style'; pass --style")
+    if persona is None:  # settings written before the persona text was stored
+        catalogue = persona_catalogue()
+        try:
+            style = resolve_style(style, catalogue)
+        except ValueError as err:
+            raise ValueError(f"{where / RUN_SETTINGS_NAME}: {err}") from None
+        logger.warning("%s: no stored persona text; judging with today's built-in %r", where.name, style)
+        persona = catalogue[style]
+    return style, persona
+
+
 def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
     """Check every requested checkpoint and read its settings; all problems are reported together, early."""
-    steps = sorted(set(args.ckpts)) or find_checkpoint_steps(args.run_dir)
+    steps = sorted(set(args.ckpts)) or default_checkpoint_steps(args.run_dir)
     paths = [Path(args.run_dir) / f"checkpoint-{step}" for step in steps]
     problems = [problem for path in paths for problem in checkpoint_problems(path)]
     if problems:
@@ -436,14 +462,9 @@ def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
     plans = []
     for step, path in zip(steps, paths):
         settings = read_run_settings(path)
-        style = args.style or settings.get("style")
-        if style is None:
-            raise ValueError(f"{path / RUN_SETTINGS_NAME}: no 'style'; pass --style")
-        try:
-            validate_style(style)
-        except ValueError as err:
-            raise ValueError(f"{path / RUN_SETTINGS_NAME}: {err}") from None
-        plans.append(CheckpointPlan(step, path, style, resolve_generation(settings, args, path)))
+        style, persona = judge_persona(settings, args, path)
+        interactions = (settings.get("interactions") or {}).get("with_feedback")
+        plans.append(CheckpointPlan(step, path, style, persona, resolve_generation(settings, args, path), interactions))
     return plans
 
 
@@ -472,7 +493,7 @@ def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) ->
                  JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE]
         run_name = Path(args.run_dir).resolve().name
         plan.pair_keys = [
-            stable_key(run_name, plan.step, args.baseline, gen.as_dict(), judge, plan.style, messages)
+            stable_key(run_name, plan.step, args.baseline, gen.as_dict(), judge, plan.style, plan.persona, messages)
             for messages in plan.prompts
         ]
 
@@ -488,47 +509,14 @@ def baseline_key(baseline: str, generation: GenerationSettings, messages: list[d
 
 def read_jsonl_by_key(path: Path) -> dict[str, dict]:
     """Records of a JSONL file by their "key"; a torn last line (a crash mid-append) is ignored with a warning."""
-    records: dict[str, dict] = {}
     if not path.is_file():
-        return records
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines) and not line.endswith("\n"):
-                logger.warning("%s:%d: ignoring an incomplete last line (an interrupted write)", path, number)
-                continue
-            raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+        return {}
+    records: dict[str, dict] = {}
+    for where, record in iter_jsonl(path, tolerate_torn_tail=True):
         if not isinstance(record, dict) or "key" not in record:
-            raise ValueError(f'{path}:{number}: expected an object with a "key" field')
+            raise ValueError(f'{where}: expected an object with a "key" field')
         records[record["key"]] = record
     return records
-
-
-def append_jsonl(path: Path, records: Sequence[dict]) -> None:
-    """Append records, one whole line per write, flushed to disk before returning.
-
-    A torn last line left by a crash mid-append is cut off first, so the file stays valid JSONL.
-    """
-    if not records:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(0)
-            content = f.read()
-            if not content.endswith(b"\n"):
-                logger.warning("%s: dropping an incomplete last line (an interrupted write)", path)
-                f.truncate(content.rfind(b"\n") + 1)
-        for record in records:
-            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-            f.flush()
-        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -556,16 +544,14 @@ class ChatModel:
         self,
         conversations: Sequence[list[dict]],
         max_new_tokens: int,
-        temperature: float,
+        sampling: Sampling,
         batch_size: int,
         chat_template_kwargs: dict,
     ) -> list[str]:
+        """Replies decoded exactly with `sampling` (greedy at temperature 0), whatever the model folder's defaults."""
         import torch
 
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-        else:
-            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        config = sampling.generation_config(max_new_tokens, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
         replies: list[str] = []
         for start in range(0, len(conversations), batch_size):
             texts = [
@@ -576,9 +562,7 @@ class ChatModel:
             ]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             with torch.no_grad():
-                output = self.model.generate(
-                    **batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
-                )
+                output = generate_exactly(self.model, batch, config)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             replies.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return replies
@@ -606,7 +590,7 @@ class LocalJudge:
         return self.chat.generate(
             conversations,
             self.args.judge_max_new_tokens,
-            self.args.judge_temperature,
+            Sampling(temperature=self.args.judge_temperature),
             self.args.judge_batch_size,
             self.args.chat_template_kwargs,
         )
@@ -673,7 +657,7 @@ def sharded_generate(model_path: str, jobs: list[tuple[str, list[dict], Generati
         for settings, group in by_settings.values():
             set_seed(settings.seed + state.process_index)
             replies = model.generate(
-                [m for _, m in group], settings.max_new_tokens, settings.temperature, args.batch_size,
+                [m for _, m in group], settings.max_new_tokens, settings.sampling, args.batch_size,
                 settings.chat_template_kwargs,
             )
             done.extend((key, reply) for (key, _), reply in zip(group, replies))
@@ -689,8 +673,8 @@ def judge_pairs(judge, pairs: list[dict]) -> list[dict]:
     conversations = []
     for pair in pairs:
         request, policy, baseline = pair["prompt"], pair["policy_response"], pair["baseline_response"]
-        conversations.append(judge_messages(pair["style"], request, policy, baseline))
-        conversations.append(judge_messages(pair["style"], request, baseline, policy))
+        conversations.append(judge_messages(pair["persona"], request, policy, baseline))
+        conversations.append(judge_messages(pair["persona"], request, baseline, policy))
     texts = judge.complete(conversations)
     records = []
     for i, pair in enumerate(pairs):
@@ -787,6 +771,7 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
                 "step": plan.step,
                 "checkpoint": plan.path.name,
                 "style": plan.style,
+                "persona": plan.persona,
                 "baseline": args.baseline,
                 "judge": args.judge,
                 "judge_model": args.judge_model,
@@ -815,13 +800,14 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
 # Reports
 # ---------------------------------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ("step", "checkpoint", "style", "pairs", "wins", "losses", "ties", "invalid", "win_rate", "stderr",
+TABLE_COLUMNS = ("step", "interactions", "checkpoint", "style", "pairs", "wins", "losses", "ties", "invalid", "win_rate", "stderr",
                  "tie_rate", "baseline", "judge_model")
 
 
 def table_row(plan: CheckpointPlan, result: WinRate, args: EvalArguments) -> dict:
     return {
         "step": plan.step,
+        "interactions": plan.interactions,
         "checkpoint": plan.path.name,
         "style": plan.style,
         "pairs": result.pairs,
@@ -843,20 +829,22 @@ def _fmt(value: float) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| step | pairs | wins | losses | ties | invalid | win rate ± s.e. | tie rate |",
-        "|---:|---:|---:|---:|---:|---:|:---:|---:|",
+        "| step | interactions | pairs | wins | losses | ties | invalid | win rate ± s.e. | tie rate |",
+        "|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
     for r in rows:
         rate = "n/a" if math.isnan(r["win_rate"]) else f"{r['win_rate']:.3f} ± {r['stderr']:.3f}"
+        interactions = "n/a" if r["interactions"] is None else r["interactions"]
         lines.append(
-            f"| {r['step']} | {r['pairs']} | {r['wins']} | {r['losses']} | {r['ties']} | {r['invalid']} | {rate} | "
+            f"| {r['step']} | {interactions} | {r['pairs']} | {r['wins']} | {r['losses']} | {r['ties']} | {r['invalid']} | {rate} | "
             f"{_fmt(r['tie_rate'])} |"
         )
     first = rows[0]
     caption = (
         f"Win rate of each checkpoint against `{first['baseline']}`, judged by `{first['judge_model']}` as the "
         f"`{first['style']}` user; wins / (wins + losses), ties excluded, s.e. = sqrt(p(1-p)/(wins + losses)); "
-        "tie rate among pairs with a valid verdict."
+        "tie rate among pairs with a valid verdict. Interactions: answers the simulated user had replied to when "
+        "the checkpoint was saved, over all processes."
     )
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
@@ -866,8 +854,12 @@ def csv_table(rows: list[dict]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+        writer.writerow({k: ("" if v is None or isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
     return buffer.getvalue()
+
+
+def step_label(row: dict) -> str:
+    return str(row["step"]) if row["interactions"] is None else f"{row['step']}\n({row['interactions']})"
 
 
 def plot_win_rates(rows: list[dict], path: Path) -> None:
@@ -896,28 +888,21 @@ def plot_win_rates(rows: list[dict], path: Path) -> None:
         ax.plot([r["step"] for r in tied], [r["tie_rate"] for r in tied], marker="s", linestyle=":",
                 color="tab:grey", label="tie rate")
     ax.set_xticks([r["step"] for r in rows])
+    ax.set_xticklabels([step_label(r) for r in rows], fontsize=7)
     ax.set_ylim(-0.03, 1.05)
-    ax.set_xlabel("checkpoint step")
+    ax.set_xlabel("checkpoint step (interactions)")
     ax.set_ylabel("rate vs baseline")
     judge = rows[0]["judge_model"].rstrip("/").split("/")[-1]
     baseline = rows[0]["baseline"].rstrip("/").split("/")[-1]
     ax.set_title(f"baseline {baseline}\njudge {judge} as the {rows[0]['style']} user", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a plot is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        fig.savefig(png, format="png")
     finally:
         plt.close(fig)
+    write_atomic(path, png.getvalue())
 
 
 def write_reports(rows: list[dict], out_dir: Path) -> None:

@@ -17,9 +17,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+
+from run_files import write_all_atomic
 
 TLDR_SUFFIX = "\nTL;DR:"
 # A TL;DR prompt is kept only if it is shorter than this many characters (suffix included).
@@ -173,28 +174,10 @@ def jsonl_lines(prompts: Iterable[str]) -> Iterator[str]:
 
 
 def write_splits_atomically(out_dir: Path, prompts: Mapping[str, Iterable[str]]) -> dict[str, Path]:
-    """Write ``<split>.jsonl`` for every split. Every split goes to a temporary file in ``out_dir`` first and the
-    files are renamed into place only once all of them are complete; on any error the temporaries are removed and
-    existing outputs are left untouched."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temporaries: dict[str, str] = {}
-    try:
-        for split, split_prompts in prompts.items():
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{split}.", suffix=".jsonl.tmp")
-            temporaries[split] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.writelines(jsonl_lines(split_prompts))
-                f.flush()
-                os.fsync(f.fileno())
-        targets = {}
-        for split, tmp in temporaries.items():
-            targets[split] = out_dir / f"{split}.jsonl"
-            os.replace(tmp, targets[split])
-        return targets
-    finally:
-        for tmp in temporaries.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    """Write ``<split>.jsonl`` for every split; no file is replaced before all of them are complete."""
+    targets = {split: out_dir / f"{split}.jsonl" for split in prompts}
+    write_all_atomic({targets[split]: "".join(jsonl_lines(p)) for split, p in prompts.items()})
+    return targets
 
 
 def format_report(task: str, counts: Mapping[str, Mapping[str, int]], prompts: Mapping[str, list[str]],

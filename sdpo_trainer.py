@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +29,16 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import RepeatSampler, pad
 
+from prompts import last_user_text, with_last_user_text
+from run_files import (
+    RUN_SETTINGS_NAME,
+    append_jsonl,
+    filter_jsonl,
+    latest_complete_checkpoint,
+    read_run_settings,
+    write_run_settings,
+)
+from sampling import Sampling, model_defaults_ignored
 from user_simulator import UserSimulator
 
 logger = logging.getLogger(__name__)
@@ -40,32 +48,17 @@ DEFAULT_HINDSIGHT_TEMPLATE = (
     "use it as guidance for how to answer my request above.]\n{feedback}"
 )
 ADVANTAGE_BASELINES = ("sequence_mean", "leave_one_out", "none")
+# What each loss type averages over, across one optimizer step (all micro-batches and processes):
+#   grpo    - per answer: the mean over each answer's tokens, then the mean over answers (the paper's update)
+#   dapo    - per token: the mean over every token of every answer
+#   dr_grpo - the token sum divided by (answers x max_completion_length), a constant per answer
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 TOKEN_LOG_NAME = "token_logps.jsonl"
-RUN_SETTINGS_NAME = "sdpo_run_settings.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pure helpers: contexts and maths. Each is small enough to check by hand.
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _last_user_index(messages: list[dict[str, str]]) -> int:
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i]["role"] == "user":
-            return i
-    raise ValueError(f"prompt has no user message: {messages!r}")
-
-
-def last_user_text(messages: list[dict[str, str]]) -> str:
-    """The raw request the simulated user made: the content of the last user turn."""
-    return messages[_last_user_index(messages)]["content"]
-
-
-def with_last_user_text(messages: list[dict[str, str]], text: str) -> list[dict[str, str]]:
-    """A copy of the conversation whose last user turn reads `text`."""
-    out = [dict(m) for m in messages]
-    out[_last_user_index(messages)]["content"] = text
-    return out
 
 
 def hindsight_messages(messages: list[dict[str, str]], feedback: str, template: str) -> list[dict[str, str]]:
@@ -174,25 +167,51 @@ def ppo_clip_token_loss(
     return -torch.min(ratio * advantages, clipped * advantages), ratio
 
 
-def aggregate_loss(
-    per_token_loss: torch.Tensor,
-    mask: torch.Tensor,
-    loss_type: str,
-    grad_accum_steps: int,
-    max_completion_length: Optional[int],
-    tokens_per_process: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Reduce per-token losses to the micro-batch loss the way TRL's `loss_type` options define it."""
+def loss_normalizer(loss_type: str, *, answers: float, tokens: float, max_completion_length: Optional[int]) -> float:
+    """What the summed loss of one optimizer step is divided by, given the answers and tokens that carry feedback.
+
+    Only answers with feedback count: a sample the user did not answer neither contributes nor dilutes the rest.
+    """
+    if loss_type == "grpo":
+        total = answers
+    elif loss_type == "dapo":
+        total = tokens
+    elif loss_type == "dr_grpo":
+        total = answers * max_completion_length
+    else:
+        raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    return max(float(total), 1.0)
+
+
+def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, *, loss_type: str, normalizer: float) -> torch.Tensor:
+    """One micro-batch's share of the step loss: its summed contribution over the step's `loss_normalizer`.
+
+    `per_token_loss` and `mask` are (B, T); rows of `mask` are zero for answers without feedback. Because every
+    micro-batch divides by the same step-wide normaliser, the gradient of a step is the same however its answers are
+    split into micro-batches and processes. Under `grpo` an answer contributes the mean of its tokens' losses.
+    """
     mask = mask.to(per_token_loss.dtype)
     if loss_type == "grpo":
-        return masked_mean(per_token_loss, mask, dim=1).mean() / grad_accum_steps
-    if loss_type == "bnpo":
-        return masked_mean(per_token_loss, mask) / grad_accum_steps
-    if loss_type == "dr_grpo":
-        return (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length) / grad_accum_steps
-    if loss_type == "dapo":
-        return (per_token_loss * mask).sum() / tokens_per_process
-    raise ValueError(f"Unknown loss_type {loss_type!r}")
+        contribution = masked_mean(per_token_loss, mask, dim=1).sum()
+    elif loss_type in LOSS_TYPES:
+        contribution = (per_token_loss * mask).sum()
+    else:
+        raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    return contribution / normalizer
+
+
+def micro_batch_normalizer(
+    generation_normalizer: float, *, steps_per_generation: int, gradient_accumulation_steps: int, num_processes: int
+) -> float:
+    """What one micro-batch divides its summed loss by, so that one optimizer step's gradient is its loss summed over
+    all micro-batches and processes, divided by the step's `loss_normalizer`.
+
+    `generation_normalizer` is counted over a whole generation batch: `steps_per_generation` micro-batches on each of
+    `num_processes` processes, of which one step takes `gradient_accumulation_steps`. The micro-batches' gradients
+    are summed over the accumulation steps as they are (TRL 0.24 turns off transformers' own division by setting
+    `compute_loss_func`), and DDP averages them over processes, hence the two factors.
+    """
+    return generation_normalizer * gradient_accumulation_steps / (steps_per_generation * num_processes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,6 +228,16 @@ class OnlineSDPOConfig(GRPOConfig):
         metadata={
             "help": "Completions per prompt. SDPO's signal is per sample, so 1 (the paper's setting) is valid; with "
             "more, `advantage_baseline=leave_one_out` can use the other answers to the same prompt."
+        },
+    )
+    loss_type: str = field(
+        default="grpo",
+        metadata={
+            "help": "How token losses are averaged over one optimizer step: `grpo` (the mean of each answer's tokens, "
+            "then the mean over answers: the paper's update), `dapo` (the mean over all tokens, so long answers "
+            "weigh more) or `dr_grpo` (the token sum over answers x max_completion_length). Only answers with "
+            "feedback count, and the result does not depend on how the step is split into micro-batches.",
+            "choices": list(LOSS_TYPES),
         },
     )
     hindsight_template: str = field(
@@ -261,6 +290,14 @@ class OnlineSDPOConfig(GRPOConfig):
             ) from err
         if "{feedback}" not in self.hindsight_template:
             raise ValueError("hindsight_template must contain the placeholder {feedback}")
+        if self.loss_type not in LOSS_TYPES:
+            hint = (
+                " (bnpo averages the tokens of each micro-batch, so its gradient depends on how a step is split; "
+                "dapo is the same average taken over the whole step)"
+                if self.loss_type == "bnpo"
+                else ""
+            )
+            raise ValueError(f"Unknown loss_type {self.loss_type!r}; choose one of {', '.join(LOSS_TYPES)}{hint}")
         if self.advantage_baseline not in ADVANTAGE_BASELINES:
             raise ValueError(
                 f"Unknown advantage_baseline {self.advantage_baseline!r}; choose one of {', '.join(ADVANTAGE_BASELINES)}"
@@ -294,23 +331,6 @@ class OnlineSDPOConfig(GRPOConfig):
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoints and stopping
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def latest_complete_checkpoint(output_dir: str | os.PathLike) -> Optional[str]:
-    """The newest `checkpoint-N` folder that was saved to the end.
-
-    `sdpo_run_settings.json` is the last file a checkpoint gets, so a folder without it (a save cut short by a
-    crash or a kill) is skipped rather than handed to a resume that would choke on it.
-    """
-    complete, partial = [], []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir():
-            done = (path / RUN_SETTINGS_NAME).is_file() and (path / "trainer_state.json").is_file()
-            (complete if done else partial).append((int(match.group(1)), path))
-    for _, path in partial:
-        logger.warning("Skipping incomplete checkpoint %s", path)
-    return str(max(complete)[1]) if complete else None
 
 
 class GracefulStop(TrainerCallback):
@@ -357,6 +377,48 @@ class GracefulStop(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+class RunSettingsWriter(TrainerCallback):
+    """Writes the run settings into every checkpoint, as its last file: their presence marks a complete save.
+
+    Trainer calls `on_save` right after `_save_checkpoint`, so model, optimizer and trainer state are on disk first.
+    """
+
+    def __init__(self, settings: Callable[[], dict]):
+        self.settings = settings
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and checkpoint.is_dir():
+            write_run_settings(checkpoint, self.settings())
+
+
+class TokenLog:
+    """The token log file: records buffered during a logging window, appended as whole lines when it closes.
+
+    Callbacks never see micro-batch tensors, so the trainer hands records in; this object owns the buffer, the
+    file, and the trimming a resumed run needs.
+    """
+
+    def __init__(self, path: Path, samples_per_window: int):
+        self.path = Path(path)
+        self.samples_per_window = samples_per_window
+        self.buffer: list[dict] = []
+
+    @property
+    def missing(self) -> int:
+        return self.samples_per_window - len(self.buffer)
+
+    def flush(self, write: bool) -> None:
+        """Close the window: the main process writes (`write`), every process empties its buffer."""
+        if write:
+            append_jsonl(self.path, self.buffer)
+        self.buffer = []
+
+    def trim(self, first_step: int) -> None:
+        """Drop records of steps at or after `first_step`: a resumed run regenerates them, so they'd repeat."""
+        filter_jsonl(self.path, lambda record: record["step"] < first_step)
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -406,6 +468,11 @@ class OnlineSDPOTrainer(GRPOTrainer):
             args = OnlineSDPOConfig(f"{name.split('/')[-1]}-SDPO")
         if not isinstance(args, OnlineSDPOConfig):
             raise TypeError(f"args must be an OnlineSDPOConfig, got {type(args).__name__}")
+        if user_simulator is not None and not callable(getattr(user_simulator, "generate_feedback", None)):
+            raise TypeError(
+                f"user_simulator ({type(user_simulator).__name__}) has no generate_feedback(prompts, completions) "
+                "method; subclass user_simulator.UserSimulator, whose docstring lists what a simulator provides"
+            )
         super().__init__(
             model=model,
             reward_funcs=list(reward_funcs or []),
@@ -421,8 +488,11 @@ class OnlineSDPOTrainer(GRPOTrainer):
         self.graceful_stop = GracefulStop(self.accelerator)
         self.add_callback(self.graceful_stop)
         self.run_settings = dict(run_settings or {})
-        self.token_log_path = Path(args.output_dir) / TOKEN_LOG_NAME
-        self._token_log_buffer: list[dict] = []
+        self.token_log = TokenLog(Path(args.output_dir) / TOKEN_LOG_NAME, args.token_log_samples)
+        self.add_callback(RunSettingsWriter(self.sdpo_settings))
+        # Answers generated in training and those the user replied to, over all processes: the x-axis of the paper's
+        # win-rate curves. Saved with every checkpoint and restored on resume.
+        self.interactions = {"answers": 0, "with_feedback": 0}
 
     def _get_train_sampler(self, dataset=None) -> EpochSeededRepeatSampler:
         """GRPOTrainer's sampler (same grouping and repeats), with a data order a resumed run can replay."""
@@ -467,6 +537,23 @@ class OnlineSDPOTrainer(GRPOTrainer):
 
     def _left_padded(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._pad_rows(self.tokenizer(texts, add_special_tokens=False)["input_ids"], "left")
+
+    def policy_sampling(self) -> dict:
+        """The sampling the policy's answers are drawn with: exactly these values, on every generation backend."""
+        if self.use_vllm:
+            backend = f"vllm-{self.vllm_mode}"
+        else:
+            backend = "transformers-paged" if self.use_transformers_paged else "transformers"
+        sampling = Sampling(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or 0, min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+        )
+        return {"backend": backend, **sampling.as_dict(), "generation_kwargs": self.args.generation_kwargs}
+
+    def _generate(self, prompts, images):
+        """TRL's generation, with the model folder's sampling defaults kept out (see sampling.py)."""
+        with model_defaults_ignored(self.accelerator.unwrap_model(self.model)):
+            return super()._generate(prompts, images)
 
     def _scoring_batch_size(self) -> int:
         return self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
@@ -526,6 +613,8 @@ class OnlineSDPOTrainer(GRPOTrainer):
         if len(feedback) != len(completions):
             raise RuntimeError(f"user simulator returned {len(feedback)} replies for {len(completions)} samples")
         has_feedback = torch.tensor([bool(o.strip()) for o in feedback], device=device)
+        if mode == "train":
+            self._count_interactions(has_feedback)
 
         # 3. Hindsight contexts and the teacher pass.
         teacher_texts, shortened = zip(*(self.teacher_context(m, o) for m, o in zip(messages, feedback)))
@@ -548,6 +637,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
             "num_items_in_batch": num_items_in_batch,
             "teacher_per_token_logps": teacher_logps,
             "has_feedback": has_feedback,
+            "loss_normalizer": self._loss_normalizer(completion_mask, has_feedback),
             "generation_step": torch.full((len(inputs),), self.state.global_step, device=device),
             "request_text": requests,
             "completion_text": completions,
@@ -584,6 +674,27 @@ class OnlineSDPOTrainer(GRPOTrainer):
 
         self._log_generation_metrics(mode, feedback, has_feedback, shortened, teacher_lengths, simulator_seconds)
         return output
+
+    def _count_interactions(self, has_feedback: torch.Tensor) -> None:
+        gathered = self.accelerator.gather(has_feedback.long())
+        self.interactions["answers"] += gathered.numel()
+        self.interactions["with_feedback"] += int(gathered.sum().item())
+
+    def _loss_normalizer(self, completion_mask: torch.Tensor, has_feedback: torch.Tensor) -> torch.Tensor:
+        """This generation batch's `loss_normalizer`, counted over all processes in training.
+
+        In evaluation the batch is neither split nor accumulated and each process's loss is averaged afterwards, so
+        local counts serve.
+        """
+        counted = completion_mask * has_feedback.long().unsqueeze(1)
+        counts = torch.stack([(counted.sum(dim=1) > 0).sum(), counted.sum()]).float()
+        if self.model.training:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        normalizer = loss_normalizer(
+            self.loss_type, answers=counts[0].item(), tokens=counts[1].item(),
+            max_completion_length=self.max_completion_length,
+        )
+        return torch.tensor(normalizer, device=completion_mask.device)
 
     def _pad_rows(self, rows, side: str, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.accelerator.device
@@ -656,14 +767,16 @@ class OnlineSDPOTrainer(GRPOTrainer):
             ref = inputs["ref_per_token_logps"]
             per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
             per_token_loss = per_token_loss + self.beta * per_token_kl
-        loss = aggregate_loss(
-            per_token_loss,
-            completion_mask,
-            self.loss_type,
-            self.current_gradient_accumulation_steps,
-            self.max_completion_length,
-            inputs["num_items_in_batch"] / self.accelerator.num_processes,
-        )
+        # Answers without feedback are left out entirely, the KL term included.
+        with_feedback = completion_mask * inputs["has_feedback"].long().unsqueeze(1)
+        normalizer = inputs["loss_normalizer"]
+        if self.model.training:
+            normalizer = micro_batch_normalizer(
+                normalizer, steps_per_generation=self.args.steps_per_generation,
+                gradient_accumulation_steps=self.current_gradient_accumulation_steps,
+                num_processes=self.accelerator.num_processes,
+            )
+        loss = aggregate_loss(per_token_loss, with_feedback, loss_type=self.loss_type, normalizer=normalizer)
 
         mode = "train" if self.model.training else "eval"
         self._log_loss_metrics(mode, inputs, signal, advantages, old_logps, entropies, ratio, completion_mask)
@@ -721,43 +834,46 @@ class OnlineSDPOTrainer(GRPOTrainer):
 
         Every process sees the same gathered buffer, so all take the same branch and the collective stays in step.
         """
-        missing = self.args.token_log_samples - len(self._token_log_buffer)
+        missing = self.token_log.missing
         if missing <= 0:
             return
         local = self._token_records(inputs, student_logps.float(), signal.float())[:missing]
-        self._token_log_buffer.extend(gather_object(local)[:missing])
+        self.token_log.buffer.extend(gather_object(local)[:missing])
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         super().log(logs, start_time)
-        if self._token_log_buffer and self.accelerator.is_main_process:
-            self.token_log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.token_log_path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._token_log_buffer))
-        self._token_log_buffer = []
+        self.token_log.flush(write=self.accelerator.is_main_process)
 
-    def _trim_token_log(self, first_step: int) -> None:
-        """Drop records of steps at or after `first_step`: a resumed run regenerates them, so they'd repeat."""
-        if not self.token_log_path.exists():
-            return
-        with open(self.token_log_path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip() and json.loads(line)["step"] < first_step]
-        write_atomic(self.token_log_path, "".join(lines))
+    @property
+    def token_log_path(self) -> Path:
+        return self.token_log.path
 
     # -- run files ---------------------------------------------------------------------------------------------
 
     def sdpo_settings(self) -> dict:
-        """What an evaluation needs to reproduce this run's prompts and user; contains no secret."""
+        """What an evaluation needs to reproduce this run's prompts, sampling and user; contains no secret.
+
+        The persona is stored as text, so a later evaluation judges with the user this run trained with even if
+        the persona file has changed since.
+        """
+        user = self.user_simulator
         return {
+            "style": getattr(user, "style", None),
+            "persona": getattr(user, "persona", None),
             **self.run_settings,
             "model_name_or_path": self.model.config._name_or_path,
             "hindsight_template": self.args.hindsight_template,
             "chat_template_kwargs": self.args.chat_template_kwargs,
             "advantage_baseline": self.args.advantage_baseline,
+            "loss_type": self.loss_type,
             "num_generations": self.num_generations,
             "max_prompt_length": self.max_prompt_length,
             "max_completion_length": self.max_completion_length,
             "temperature": self.temperature,
-            "user_simulator": self.user_simulator.settings() if self.user_simulator is not None else None,
+            "sampling": self.policy_sampling(),
+            "interactions": dict(self.interactions),
+            "global_step": self.state.global_step,
+            "user_simulator": user.settings() if user is not None and hasattr(user, "settings") else None,
         }
 
     def train(self, resume_from_checkpoint=None, **kwargs):
@@ -771,17 +887,14 @@ class OnlineSDPOTrainer(GRPOTrainer):
         if resume_from_checkpoint:
             state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
             first_step = state.global_step
+            self.interactions = dict(read_run_settings(resume_from_checkpoint).get("interactions", self.interactions))
+        logger.info("Policy sampling (exactly, whatever the model's generation_config.json says): %s",
+                    json.dumps(self.policy_sampling()))
         if self.accelerator.is_main_process:
-            self._trim_token_log(first_step)
-            write_atomic(Path(self.args.output_dir) / RUN_SETTINGS_NAME, json.dumps(self.sdpo_settings(), indent=2))
+            self.token_log.trim(first_step)
+            write_run_settings(self.args.output_dir, self.sdpo_settings())
         self.accelerator.wait_for_everyone()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        checkpoint = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save and checkpoint.is_dir():
-            write_atomic(checkpoint / RUN_SETTINGS_NAME, json.dumps(self.sdpo_settings(), indent=2))
 
     # -- analysis ----------------------------------------------------------------------------------------------
 
@@ -819,22 +932,3 @@ class OnlineSDPOTrainer(GRPOTrainer):
             "teacher_context": teacher_texts,
         }
         return self._token_records(inputs, student.float(), (teacher - student).float())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

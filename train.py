@@ -10,36 +10,29 @@ model is loaded, so a typo costs seconds, not the minutes an 8B model takes to l
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-import datasets
 from transformers import AutoTokenizer
 from trl import TrlParser
 
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer, latest_complete_checkpoint
-from user_simulator import (
-    STYLE_PERSONAS,
-    ClaudeStyleUserSimulator,
-    StyleUserSimulator,
-    UserSimulator,
-    validate_style,
-)
+from personas import persona_catalogue, resolve_style
+from prompts import SYSTEM_PROMPTS, load_prompt_dataset
+from run_files import latest_complete_checkpoint
+from sampling import Sampling
+from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from user_simulator import DEFAULT_CLAUDE_MODEL, ClaudeStyleUserSimulator, StyleUserSimulator, UserSimulator
 
 logger = logging.getLogger(__name__)
 
-SYSTEM_PROMPTS = {
-    "tldr": (
-        "You summarize Reddit posts. Write a summary of the post in one or two sentences, and begin it with "
-        '"TL;DR:".'
-    ),
-    "general": "",
+# The authors' simulated users: a local model replies in up to 128 tokens at temperature 0.7 (with Qwen3's top_p
+# 0.95 and top_k 20, which transformers filled in), Claude in up to 256 tokens at temperature 0.
+USER_DEFAULTS = {
+    "local": {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95, "top_k": 20},
+    "claude": {"max_new_tokens": 256, "temperature": 0.0},
 }
-TLDR_SUFFIX = re.compile(r"\s*TL;DR:\s*\Z")
 
 
 @dataclass
@@ -63,19 +56,31 @@ class ScriptArguments:
                   "choices": list(SYSTEM_PROMPTS)},
     )
     style: str = field(default="concise_casual_beginner", metadata={"help": "Persona of the simulated user."})
+    persona_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "YAML or JSON file of style name -> persona description, adding to or overriding the "
+                          "built-in personas (personas.yaml). The text trained with is stored in the run settings."},
+    )
     model_name_or_path: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."})
     user_model_name_or_path: Optional[str] = field(
         default=None,
         metadata={"help": "Local user-simulator model. When unset, Claude plays the user (needs ANTHROPIC_API_KEY)."},
     )
-    user_max_new_tokens: int = field(default=128, metadata={"help": "Longest simulated-user reply, in tokens."})
+    user_max_new_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Longest simulated-user reply, in tokens (default: 128 local, 256 Claude)."}
+    )
     user_temperature: Optional[float] = field(
         default=None,
-        metadata={"help": "Sampling temperature of the simulated user (default: 0.7 for a local model; for Claude "
-                          "none is sent, since the current Messages API version rejects it)."},
+        metadata={"help": "Sampling temperature of the simulated user (default: 0.7 local, 0 Claude; 0 is greedy)."},
+    )
+    user_top_p: Optional[float] = field(
+        default=None, metadata={"help": "top_p of a local simulated user (default 0.95; 1.0 switches it off)."}
+    )
+    user_top_k: Optional[int] = field(
+        default=None, metadata={"help": "top_k of a local simulated user (default 20; 0 switches it off)."}
     )
     user_batch_size: int = field(default=8, metadata={"help": "Batch size of the local user simulator."})
-    claude_model: str = field(default="claude-haiku-4-5-20251001", metadata={"help": "Claude model of the user."})
+    claude_model: str = field(default=DEFAULT_CLAUDE_MODEL, metadata={"help": "Claude model of the user."})
     claude_max_concurrency: int = field(default=16, metadata={"help": "Concurrent Claude requests per process."})
     claude_timeout: float = field(default=60.0, metadata={"help": "Seconds before one Claude request times out."})
     claude_max_retries: int = field(default=8, metadata={"help": "Retries of the anthropic SDK per request."})
@@ -85,6 +90,9 @@ class ScriptArguments:
     claude_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "On-disk cache of Claude replies, so a resumed run does not pay twice."}
     )
+    # Resolved in __post_init__, not flags: the persona text of `style`, and which user plays it.
+    persona: str = field(default="", init=False)
+    user_backend: str = field(default="", init=False)
 
     def __post_init__(self):
         if self.train_jsonl is None:
@@ -95,90 +103,47 @@ class ScriptArguments:
                 raise FileNotFoundError(f"--{flag}: no such file: {path}")
         if self.system_prompt not in SYSTEM_PROMPTS:
             raise ValueError(f"Unknown --system_prompt {self.system_prompt!r}; choose one of {', '.join(SYSTEM_PROMPTS)}")
-        validate_style(self.style)
-        for flag in ("train_n", "eval_n", "max_prompt_tokens"):
+        # The persona file is read and checked here, before any model loads; the text is kept for the run.
+        catalogue = persona_catalogue(self.persona_file)
+        self.style = resolve_style(self.style, catalogue)
+        self.persona = catalogue[self.style]
+        for flag in ("train_n", "eval_n", "max_prompt_tokens", "user_max_new_tokens"):
             value = getattr(self, flag)
             if value is not None and value < 1:
                 raise ValueError(f"--{flag} must be >= 1, got {value}")
-
-
-def prompt_messages(text: str, system_prompt: str) -> list[dict[str, str]]:
-    """One chat prompt from a raw JSONL prompt; the `TL;DR:` cue is dropped since the system prompt asks for it."""
-    user = TLDR_SUFFIX.sub("", text).strip()
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + [{"role": "user", "content": user}]
-
-
-def check_jsonl(path: str) -> None:
-    """Fail with the file and line of the first bad record: datasets' own JSON errors name neither."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-            if not isinstance(record, dict) or "prompt" not in record:
-                raise ValueError(f'{path}:{number}: missing "prompt" field')
-            if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-                raise ValueError(f'{path}:{number}: "prompt" must be a non-empty string')
-
-
-def load_prompt_dataset(
-    path: str,
-    system_prompt: str,
-    tokenizer=None,
-    max_prompt_tokens: Optional[int] = None,
-    n: Optional[int] = None,
-    seed: int = 42,
-    chat_template_kwargs: Optional[dict] = None,
-) -> datasets.Dataset:
-    """Load JSONL prompts into TRL's conversational format: a `prompt` column of [system?, user] messages.
-
-    Prompts longer than `max_prompt_tokens` (chat-formatted) are dropped, then a seeded shuffle takes `n`.
-    """
-    check_jsonl(path)
-    data = datasets.load_dataset("json", data_files=path, split="train")
-    data = data.map(
-        lambda row: {"prompt": prompt_messages(row["prompt"], system_prompt)},
-        remove_columns=data.column_names,
-    )
-    if max_prompt_tokens is not None:
-        if tokenizer is None:
-            raise ValueError("max_prompt_tokens needs a tokenizer")
-        kwargs = chat_template_kwargs or {}
-        data = data.filter(
-            lambda row: len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, **kwargs))
-            <= max_prompt_tokens
-        )
-    if len(data) == 0:
-        raise ValueError(f"{path}: no prompts left after filtering (max_prompt_tokens={max_prompt_tokens})")
-    data = data.shuffle(seed=seed)
-    return data.select(range(min(n, len(data)))) if n is not None else data
+        self.user_backend = "local" if self.user_model_name_or_path is not None else "claude"
+        defaults = USER_DEFAULTS[self.user_backend]
+        if self.user_backend == "claude" and (self.user_top_p is not None or self.user_top_k is not None):
+            raise ValueError("--user_top_p and --user_top_k apply to a local user model (--user_model_name_or_path)")
+        for flag in ("max_new_tokens", "temperature", "top_p", "top_k"):
+            if getattr(self, f"user_{flag}") is None and flag in defaults:
+                setattr(self, f"user_{flag}", defaults[flag])
+        if self.user_backend == "local":
+            Sampling(temperature=self.user_temperature, top_p=self.user_top_p, top_k=self.user_top_k)
 
 
 def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
-    sampling = {} if args.user_temperature is None else {"temperature": args.user_temperature}
-    if args.user_model_name_or_path is not None:
+    if args.user_backend == "local":
         return StyleUserSimulator(
             args.user_model_name_or_path,
             args.style,
+            persona=args.persona,
             max_new_tokens=args.user_max_new_tokens,
+            sampling=Sampling(temperature=args.user_temperature, top_p=args.user_top_p, top_k=args.user_top_k),
             batch_size=args.user_batch_size,
             chat_template_kwargs=chat_template_kwargs,
-            **sampling,
         )
     return ClaudeStyleUserSimulator(
         args.style,
+        persona=args.persona,
         model=args.claude_model,
         max_tokens=args.user_max_new_tokens,
+        temperature=args.user_temperature,
         max_concurrency=args.claude_max_concurrency,
         timeout=args.claude_timeout,
         max_retries=args.claude_max_retries,
         max_failed_frac=args.claude_max_failed_frac,
         cache_dir=args.claude_cache_dir,
-        **sampling,
     )
 
 
@@ -213,7 +178,7 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
     max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
     # Claude is set up first, so a missing API key fails within a second; a local user model is loaded only once
     # the data has been checked, since loading it takes minutes.
-    local_user = script_args.user_model_name_or_path is not None
+    local_user = script_args.user_backend == "local"
     user_simulator = None if local_user else build_user_simulator(script_args, training_args.chat_template_kwargs)
     system_prompt = SYSTEM_PROMPTS[script_args.system_prompt]
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
@@ -240,8 +205,7 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         run_settings={
-            "style": script_args.style,
-            "persona": STYLE_PERSONAS[script_args.style],
+            "persona_file": script_args.persona_file,
             "system_prompt_name": script_args.system_prompt,
             "system_prompt": system_prompt,
             "max_prompt_tokens": max_prompt_tokens,

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,59 +20,12 @@ from typing import Optional, Sequence
 import anthropic
 import torch
 
+from personas import STYLE_PERSONAS, resolve_style
+from run_files import write_atomic
+from sampling import Sampling, generate_exactly
+
 logger = logging.getLogger(__name__)
 
-
-def _persona(length: str, tone: str, expertise: str) -> str:
-    lengths = {
-        "concise": "You want short, to-the-point answers. Long answers, padding and repetition annoy you.",
-        "detailed": "You want thorough answers that explain the reasoning, cover edge cases and give examples.",
-    }
-    tones = {
-        "casual": "You talk casually and like a relaxed, friendly tone; stiff or formal wording puts you off.",
-        "professional": "You expect a professional, precise tone; slang, jokes and chattiness put you off.",
-    }
-    levels = {
-        "beginner": "You are new to most topics: jargon you do not know confuses you, and you need plain words.",
-        "expert": "You are an expert: basic explanations bore you, and you want technical depth and precise terms.",
-    }
-    return " ".join((lengths[length], tones[tone], levels[expertise]))
-
-
-STYLE_PERSONAS: dict[str, str] = {
-    f"{length}_{tone}_{expertise}": _persona(length, tone, expertise)
-    for length in ("concise", "detailed")
-    for tone in ("casual", "professional")
-    for expertise in ("beginner", "expert")
-}
-STYLE_PERSONAS.update(
-    {
-        "no_emojis": "You dislike emojis and decorative symbols in answers and say so whenever you see them.",
-        "use_emojis": "You enjoy lively answers sprinkled with fitting emojis; plain, dry text feels cold to you.",
-        "less_filler_praise_sycophancy": (
-            "You dislike flattery and filler: openings like 'Great question!', praise of you, hedging and "
-            "pleasantries waste your time. You want the substance only."
-        ),
-        "answer_directly_reduce_formatting": (
-            "You want the answer in the first sentence, in plain prose. Headers, bullet lists, bold text and "
-            "other heavy formatting get in your way."
-        ),
-        "more_structure_formatting": (
-            "You skim: you want answers organised with headings, bullet points and short paragraphs, never a "
-            "wall of text."
-        ),
-        "poetic": "You love poetry and want answers written in verse, with imagery and rhythm, not flat prose.",
-        "humorous": "You like a light, witty tone with a joke or two; dry, humourless answers bore you.",
-        "socratic": (
-            "You want to learn by thinking: you prefer answers that guide you with questions and hints over "
-            "answers that hand you the solution."
-        ),
-        "skeptical_evidence_seeking": (
-            "You distrust unsupported claims: you want sources, evidence, numbers and stated uncertainty."
-        ),
-        "child_friendly": "You are a curious ten-year-old: you need simple words, short sentences and examples.",
-    }
-)
 
 USER_SYSTEM_TEMPLATE = (
     "You are role-playing a user who has just asked an AI assistant a question and read its answer.\n"
@@ -90,33 +42,42 @@ USER_TURN_TEMPLATE = (
 )
 
 
-def validate_style(style: str) -> str:
-    """Return `style` if it names a persona; an unknown style lists the known ones."""
-    if style not in STYLE_PERSONAS:
-        raise ValueError(f"Unknown style {style!r}. Known styles: {', '.join(sorted(STYLE_PERSONAS))}")
-    return style
+def user_system_prompt(persona: str) -> str:
+    return USER_SYSTEM_TEMPLATE.format(persona=persona)
 
 
-def user_system_prompt(style: str) -> str:
-    return USER_SYSTEM_TEMPLATE.format(persona=STYLE_PERSONAS[validate_style(style)])
-
-
-def user_messages(style: str, prompt: str, completion: str) -> list[dict[str, str]]:
+def user_messages(persona: str, prompt: str, completion: str) -> list[dict[str, str]]:
     """The conversation a simulator sees: the persona as system prompt, the exchange to react to as user turn."""
     return [
-        {"role": "system", "content": user_system_prompt(style)},
+        {"role": "system", "content": user_system_prompt(persona)},
         {"role": "user", "content": USER_TURN_TEMPLATE.format(prompt=prompt, completion=completion)},
     ]
+
+
+def persona_for(style: str, persona: Optional[str]) -> tuple[str, str]:
+    """(style, persona text): a given text is used as it is (from a persona file); otherwise the built-in one."""
+    if persona is not None:
+        if not persona.strip():
+            raise ValueError(f"the persona text of style {style!r} is empty")
+        return style, persona
+    name = resolve_style(style, STYLE_PERSONAS)
+    return name, STYLE_PERSONAS[name]
 
 
 class UserSimulator(abc.ABC):
     """Writes the simulated user's next message for each (request, answer) pair.
 
-    An empty string means "no usable feedback" (an empty reply, or a request that failed for good): the
-    trainer masks that sample's advantage to zero rather than learning from invented feedback.
+    What a simulator provides to the trainer:
+    - `generate_feedback(prompts, completions)`: one reply per pair, in input order (required). An empty string
+      means "no usable feedback" (an empty reply, or a request that failed for good): the trainer masks that
+      sample rather than learning from invented feedback.
+    - `style` and `persona`: the persona's name and text, when the simulator plays one (optional; they are
+      recorded in the run settings so that an evaluation can judge with the same user).
+    - `pop_metrics()` and `settings()`: metrics since the last call, and a secret-free description (optional).
     """
 
-    style: str
+    style: Optional[str] = None
+    persona: Optional[str] = None
 
     @abc.abstractmethod
     def generate_feedback(self, prompts: list[str], completions: list[str]) -> list[str]:
@@ -128,14 +89,18 @@ class UserSimulator(abc.ABC):
 
     def settings(self) -> dict:
         """The settings an evaluation needs to reproduce this user; never contains a secret."""
-        return {"class": type(self).__name__, "style": self.style, "system_prompt": user_system_prompt(self.style)}
+        settings = {"class": type(self).__name__, "style": self.style, "persona": self.persona}
+        if self.persona is not None:
+            settings["system_prompt"] = user_system_prompt(self.persona)
+        return settings
 
 
 class StyleUserSimulator(UserSimulator):
     """A local Hugging Face chat model playing the user (Qwen3-8B in the paper's TL;DR runs).
 
     Every process of a multi-GPU run holds its own copy on its own device and answers for its own samples,
-    so no rank waits on another.
+    so no rank waits on another. The default sampling is what the authors' runs actually used: they asked for
+    temperature 0.7, and transformers filled in Qwen3's top_p 0.95 and top_k 20; here all three are explicit.
     """
 
     def __init__(
@@ -143,24 +108,23 @@ class StyleUserSimulator(UserSimulator):
         model_name_or_path: str,
         style: str,
         max_new_tokens: int = 128,
-        temperature: float = 0.7,
+        sampling: Sampling = Sampling(temperature=0.7, top_p=0.95, top_k=20),
         batch_size: int = 8,
         device: Optional[torch.device | str] = None,
         dtype: torch.dtype | str = "auto",
         chat_template_kwargs: Optional[dict] = None,
+        persona: Optional[str] = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.style = validate_style(style)
+        self.style, self.persona = persona_for(style, persona)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_name_or_path = model_name_or_path
         self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
+        self.sampling = sampling
         self.batch_size = batch_size
         self.chat_template_kwargs = {"enable_thinking": False} if chat_template_kwargs is None else chat_template_kwargs
         if device is None:
@@ -173,6 +137,9 @@ class StyleUserSimulator(UserSimulator):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype).to(self.device).eval()
+        self.generation_config = sampling.generation_config(
+            max_new_tokens, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        )
 
     @torch.no_grad()
     def generate_feedback(self, prompts: list[str], completions: list[str]) -> list[str]:
@@ -182,7 +149,7 @@ class StyleUserSimulator(UserSimulator):
         for start in range(0, len(prompts), self.batch_size):
             texts = [
                 self.tokenizer.apply_chat_template(
-                    user_messages(self.style, p, c),
+                    user_messages(self.persona, p, c),
                     tokenize=False,
                     add_generation_prompt=True,
                     **self.chat_template_kwargs,
@@ -190,15 +157,7 @@ class StyleUserSimulator(UserSimulator):
                 for p, c in zip(prompts[start : start + self.batch_size], completions[start : start + self.batch_size])
             ]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            sampling = (
-                {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
-            )
-            output = self.model.generate(
-                **batch,
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                **sampling,
-            )
+            output = generate_exactly(self.model, batch, self.generation_config)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             replies.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return replies
@@ -208,7 +167,7 @@ class StyleUserSimulator(UserSimulator):
             **super().settings(),
             "model_name_or_path": self.model_name_or_path,
             "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
+            "sampling": self.sampling.as_dict(),
             "chat_template_kwargs": self.chat_template_kwargs,
         }
 
@@ -305,8 +264,6 @@ class ResponseCache:
     temporary file that is never read, and two writers of the same entry simply leave the last complete one.
     """
 
-    _TMP_PREFIX = ".tmp-"
-
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -327,16 +284,7 @@ class ResponseCache:
             return None
 
     def put(self, key: str, record: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self._TMP_PREFIX, suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path(key), json.dumps(record, ensure_ascii=False))
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.directory)!r})"
@@ -485,21 +433,25 @@ class ClaudeStyleUserSimulator(UserSimulator):
     requests rather than their sum. A request that still fails after the SDK's retries, or comes back empty,
     yields "" (the trainer masks that sample) and counts in `failed_frac`; only when more than
     `max_failed_frac` of a call fails does it raise, since then the API itself is down or misconfigured.
+    The defaults are the authors' runs: temperature 0 and at most 256 tokens per reply. Since the API version the
+    SDK sends refuses sampling parameters, a set temperature goes out under SAMPLING_API_VERSION; pass
+    `temperature=None` to send none and use the current version with the model's own sampling.
     """
 
     def __init__(
         self,
         style: str,
         model: str = DEFAULT_CLAUDE_MODEL,
-        max_tokens: int = 128,
-        temperature: Optional[float] = None,
+        max_tokens: int = 256,
+        temperature: Optional[float] = 0.0,
         max_concurrency: int = 16,
         timeout: float = 60.0,
         max_retries: int = 8,
         max_failed_frac: float = 0.5,
         cache_dir: Optional[str | os.PathLike] = None,
+        persona: Optional[str] = None,
     ):
-        self.style = validate_style(style)
+        self.style, self.persona = persona_for(style, persona)
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if temperature is not None and not 0.0 <= temperature <= 1.0:
@@ -528,7 +480,7 @@ class ClaudeStyleUserSimulator(UserSimulator):
     def request(self, prompt: str, completion: str) -> MessagesRequest:
         """The Messages request for one (request, answer) pair: the persona prompt of `user_messages`."""
         return MessagesRequest.from_chat(
-            self.model, user_messages(self.style, prompt, completion), self.max_tokens, self.temperature
+            self.model, user_messages(self.persona, prompt, completion), self.max_tokens, self.temperature
         )
 
     def generate_feedback(self, prompts: list[str], completions: list[str]) -> list[str]:

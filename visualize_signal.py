@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+
+from run_files import iter_jsonl, write_atomic  # noqa: E402
 
 NEUTRAL = (255, 255, 255)
 # Positive and negative ends are the same colour with red and blue swapped, so equal |signal| looks equally strong.
@@ -178,17 +179,7 @@ def read_token_log(path: str) -> list[dict]:
     """All records of a token_logps.jsonl, each checked; the first bad line stops with its file and line number."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such token log: {path}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            where = f"{path}:{number}"
-            if not line.strip():
-                raise ValueError(f"{where}: empty line (every line must be one JSON record)")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: malformed JSON ({err.msg}, column {err.colno})") from None
-            records.append(check_record(record, where))
+    records = [check_record(record, where) for where, record in iter_jsonl(path, skip_blank=False)]
     if not records:
         raise ValueError(f"{path}: the token log has no records")
     return records
@@ -486,27 +477,6 @@ def _linspace(lo: float, hi: float, n: int) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so a reader never sees half a file.
-
-    Bytes, for the PNG too; sdpo_trainer.write_atomic writes text and importing it would load torch in log mode.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -554,7 +524,7 @@ class CasesArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Model to score with (hub id or folder)."})
     system_prompt: str = field(
         default="general",
-        metadata={"help": "System prompt of the policy, a key of train.SYSTEM_PROMPTS: tldr or general (none)."},
+        metadata={"help": "System prompt of the policy, a key of prompts.SYSTEM_PROMPTS: tldr or general (none)."},
     )
     out_dir: str = field(default="runs/signal_cases", metadata={"help": "Where to write the pages, tables and records."})
     temperature: float = field(
@@ -572,7 +542,7 @@ class CasesArguments:
     png_width: int = field(default=60, metadata={"help": "Characters per line of a panel in the PNG."})
 
     def __post_init__(self):
-        from train import SYSTEM_PROMPTS
+        from prompts import SYSTEM_PROMPTS
 
         if self.cases is None or self.model_name_or_path is None:
             raise ValueError("--cases and --model_name_or_path are required")
@@ -607,7 +577,7 @@ def score_cases(args: CasesArguments) -> list[dict[str, dict]]:
     from transformers import AutoTokenizer
 
     from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-    from train import SYSTEM_PROMPTS, prompt_messages
+    from prompts import SYSTEM_PROMPTS, prompt_messages
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     prompts, completions, feedbacks = [], [], []

@@ -24,7 +24,8 @@ from sdpo_entry import (
     write_prompts,
 )
 
-from sdpo_trainer import RUN_SETTINGS_NAME, TOKEN_LOG_NAME, latest_complete_checkpoint
+from run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
+from sdpo_trainer import TOKEN_LOG_NAME
 
 STEPS = 2  # the two-process run is stopped by SIGTERM after this step
 SAMPLES_PER_STEP = 4

@@ -32,9 +32,11 @@ from evaluate import (
     summarize,
 )
 from messages_server import SAMPLING_API_VERSION, MessagesServer
-from sdpo_trainer import RUN_SETTINGS_NAME, OnlineSDPOConfig, OnlineSDPOTrainer
-from train import SYSTEM_PROMPTS, prompt_messages
-from user_simulator import STYLE_PERSONAS, UserSimulator
+from personas import STYLE_PERSONAS
+from prompts import SYSTEM_PROMPTS, prompt_messages
+from run_files import RUN_SETTINGS_NAME
+from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from user_simulator import UserSimulator
 
 REPO = Path(__file__).resolve().parents[1]
 STYLE = "concise_casual_beginner"

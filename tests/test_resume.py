@@ -35,7 +35,8 @@ from sdpo_entry import (
     write_prompts,
 )
 
-from sdpo_trainer import RUN_SETTINGS_NAME, TOKEN_LOG_NAME, latest_complete_checkpoint
+from run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
+from sdpo_trainer import TOKEN_LOG_NAME
 
 MAX_STEPS = 5
 STOP_AFTER = 4  # the signal arrives during this step; the run ends after it with a checkpoint

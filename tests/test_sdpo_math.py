@@ -5,15 +5,17 @@ import math
 import pytest
 import torch
 
+from prompts import last_user_text
 from sdpo_trainer import (
     DEFAULT_HINDSIGHT_TEMPLATE,
     OnlineSDPOConfig,
     aggregate_loss,
     fit_request,
     hindsight_messages,
-    last_user_text,
     leave_one_out_baseline,
+    loss_normalizer,
     masked_mean,
+    micro_batch_normalizer,
     ppo_clip_token_loss,
     sdpo_advantages,
 )
@@ -110,14 +112,32 @@ def test_sequence_level_ratio_is_geometric_mean():
 
 
 def test_aggregate_loss_types_by_hand():
-    loss = torch.tensor([[1.0, 3.0, 9.0], [2.0, 0.0, 0.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    assert aggregate_loss(loss, mask, "grpo", 2, 3).item() == pytest.approx(((2.0 + 2.0) / 2) / 2)
-    assert aggregate_loss(loss, mask, "bnpo", 2, 3).item() == pytest.approx((6.0 / 3) / 2)
-    assert aggregate_loss(loss, mask, "dr_grpo", 1, 4).item() == pytest.approx(6.0 / (2 * 4))
-    assert aggregate_loss(loss, mask, "dapo", 1, 3, torch.tensor(12.0)).item() == pytest.approx(0.5)
+    loss = torch.tensor([[1.0, 3.0, 9.0], [2.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])  # the third answer got no feedback: all masked
+    # grpo: answer means 2 and 2, summed; the normaliser counts answers with feedback only (2 here).
+    assert loss_normalizer("grpo", answers=2, tokens=3, max_completion_length=3) == 2.0
+    assert aggregate_loss(loss, mask, loss_type="grpo", normalizer=2.0).item() == pytest.approx((2.0 + 2.0) / 2)
+    # dapo: token sum 6 over 3 tokens; dr_grpo: 6 over 2 answers x 4 tokens.
+    assert loss_normalizer("dapo", answers=2, tokens=3, max_completion_length=4) == 3.0
+    assert aggregate_loss(loss, mask, loss_type="dapo", normalizer=3.0).item() == pytest.approx(2.0)
+    assert loss_normalizer("dr_grpo", answers=2, tokens=3, max_completion_length=4) == 8.0
+    assert aggregate_loss(loss, mask, loss_type="dr_grpo", normalizer=8.0).item() == pytest.approx(6.0 / 8)
+    assert loss_normalizer("grpo", answers=0, tokens=0, max_completion_length=4) == 1.0  # no feedback: no 0/0
     with pytest.raises(ValueError, match="loss_type"):
-        aggregate_loss(loss, mask, "bogus", 1, 3)
+        aggregate_loss(loss, mask, loss_type="bnpo", normalizer=1.0)
+    with pytest.raises(ValueError, match="loss_type"):
+        loss_normalizer("bogus", answers=1, tokens=1, max_completion_length=1)
+
+
+def test_micro_batch_normalizer_by_hand():
+    # 12 answers with feedback in a generation batch of 4 micro-batches on each of 3 processes, 2 micro-batches per
+    # optimizer step: each micro-batch divides by 12 * 2 / (4 * 3) = 2. Summed over 2 micro-batches and averaged
+    # over 3 processes, a step's gradient is its loss sum / 2 / 3 = sum / 6: the step holds half the generation
+    # batch, 6 of its 12 answers.
+    assert micro_batch_normalizer(
+        12.0, steps_per_generation=4, gradient_accumulation_steps=2, num_processes=3
+    ) == 2.0
+    assert micro_batch_normalizer(12.0, steps_per_generation=2, gradient_accumulation_steps=2, num_processes=1) == 12.0
 
 
 def _fake_tokens(text):
@@ -139,6 +159,7 @@ def test_fit_request_cuts_only_the_request():
 def test_config_accepts_a_group_of_one_and_keeps_trl_checks(tmp_path):
     config = OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=3, report_to=[])
     assert config.num_generations == 1
+    assert config.loss_type == "grpo"  # the paper's per-answer mean
     assert config.steps_per_generation == config.gradient_accumulation_steps
     assert config.chat_template_kwargs == {"enable_thinking": False}
     assert config.max_teacher_prompt_length == config.max_prompt_length + 512
@@ -156,6 +177,8 @@ def test_config_accepts_a_group_of_one_and_keeps_trl_checks(tmp_path):
         ({"hindsight_template": "{feedback} {other}"}, "only the placeholder"),
         ({"use_liger_loss": True}, "use_liger_loss is not supported"),
         ({"token_log_samples": -1}, "token_log_samples"),
+        ({"loss_type": "bnpo"}, "depends on how a step is split"),
+        ({"loss_type": "sapo"}, "choose one of grpo, dapo, dr_grpo"),
     ],
 )
 def test_config_rejects_bad_settings(tmp_path, kwargs, message):

@@ -7,7 +7,8 @@ from trl import TrlParser
 
 import train
 from sdpo_trainer import OnlineSDPOConfig
-from train import ScriptArguments, load_prompt_dataset, prompt_messages, resolve_checkpoint
+from prompts import load_prompt_dataset, prompt_messages
+from train import ScriptArguments, resolve_checkpoint
 
 
 def write_jsonl(path, rows):

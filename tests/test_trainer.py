@@ -12,8 +12,9 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sdpo_trainer import RUN_SETTINGS_NAME, TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer
-from train import SYSTEM_PROMPTS, prompt_messages
+from prompts import SYSTEM_PROMPTS, prompt_messages
+from run_files import RUN_SETTINGS_NAME
+from sdpo_trainer import TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer, TokenLog
 from user_simulator import UserSimulator
 
 REQUESTS = [

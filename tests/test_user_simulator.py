@@ -4,31 +4,35 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from user_simulator import STYLE_PERSONAS, StyleUserSimulator, user_messages, validate_style
+from personas import STYLE_PERSONAS
+from sampling import Sampling
+from user_simulator import StyleUserSimulator, UserSimulator, user_messages
 
 
-def test_personas_cover_the_spec_and_the_full_family():
-    family = {f"{a}_{b}_{c}" for a in ("concise", "detailed") for b in ("casual", "professional")
-              for c in ("beginner", "expert")}
-    named = {"concise_casual_beginner", "detailed_professional_expert", "concise_casual_expert", "poetic",
-             "no_emojis", "less_filler_praise_sycophancy", "answer_directly_reduce_formatting"}
-    assert family | named <= set(STYLE_PERSONAS)
-    assert len(set(STYLE_PERSONAS.values())) == len(STYLE_PERSONAS)  # no two styles share a persona
-    assert "short" in STYLE_PERSONAS["concise_casual_beginner"] and "jargon" in STYLE_PERSONAS["concise_casual_beginner"]
-
-
-def test_unknown_style_lists_the_known_ones():
-    with pytest.raises(ValueError) as err:
-        validate_style("concise_casual_begginer")
-    assert all(style in str(err.value) for style in STYLE_PERSONAS)
+def test_unknown_style_fails_before_touching_the_model_path():
     with pytest.raises(ValueError, match="Known styles"):
-        StyleUserSimulator("/nonexistent/model", "grumpy")  # fails before touching the model path
+        StyleUserSimulator("/nonexistent/model", "grumpy")
 
 
 def test_user_sees_persona_request_and_answer_but_is_told_not_to_answer():
-    system, user = user_messages("poetic", "What is rain?", "Water falling.")
+    system, user = user_messages(STYLE_PERSONAS["poetic"], "What is rain?", "Water falling.")
     assert STYLE_PERSONAS["poetic"] in system["content"] and "Do not answer" in system["content"]
     assert "What is rain?" in user["content"] and "Water falling." in user["content"]
+
+
+def test_a_simulator_plays_the_persona_text_it_is_given(model_dir):
+    user = StyleUserSimulator(model_dir, "my_own", persona="You want answers in French.", max_new_tokens=2,
+                              device="cpu")
+    assert user.settings()["persona"] == "You want answers in French."
+    assert "You want answers in French." in user.settings()["system_prompt"]
+
+
+def test_a_custom_simulator_needs_only_generate_feedback():
+    class Minimal(UserSimulator):
+        def generate_feedback(self, prompts, completions):
+            return ["fine"] * len(prompts)
+
+    assert Minimal().settings() == {"class": "Minimal", "style": None, "persona": None}
 
 
 def test_embedded_model_stops_at_end_of_turn(model_dir):
@@ -45,14 +49,14 @@ def test_embedded_model_stops_at_end_of_turn(model_dir):
 
 
 def test_local_simulator_answers_each_pair_in_order(model_dir):
-    user = StyleUserSimulator(model_dir, "concise_casual_beginner", max_new_tokens=12, temperature=0, batch_size=2,
-                              device="cpu")
+    user = StyleUserSimulator(model_dir, "concise_casual_beginner", max_new_tokens=12, sampling=Sampling(0.0),
+                              batch_size=2, device="cpu")
     prompts = ["What is 2+2?", "Name a colour.", "Summarise: the cat sat all day."]
     completions = ["4", "Blue, the colour of the sky and sea.", "TL;DR: a cat sat."]
     replies = user.generate_feedback(prompts, completions)
     assert len(replies) == 3 and all(isinstance(r, str) and r for r in replies)
     # Greedy replies do not depend on batch composition: the third pair alone gives the same reply.
     assert user.generate_feedback(prompts[2:], completions[2:]) == replies[2:]
-    assert user.settings()["temperature"] == 0 and "system_prompt" in user.settings()
+    assert user.settings()["sampling"]["temperature"] == 0 and "system_prompt" in user.settings()
     with pytest.raises(ValueError, match="3 prompts but 2 completions"):
         user.generate_feedback(prompts, completions[:2])
