@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path

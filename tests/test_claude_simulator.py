@@ -14,6 +14,7 @@ import time
 import pytest
 
 from messages_server import MessagesServer, echo_reply, request_tag, request_text
+from personas import STYLE_PERSONAS
 from user_simulator import (
     ClaudeMessagesClient,
     ClaudeStyleUserSimulator,
@@ -56,14 +57,27 @@ def test_request_carries_persona_prompt_and_exchange(server):
     sim = make_sim(max_tokens=77)
     assert sim.generate_feedback(["Why is the sky blue? ID:0"], ["Rayleigh scattering."]) == ["reply to ID:0"]
     (logged,) = server.requests
-    assert logged.body["system"] == user_system_prompt(STYLE)
+    assert logged.body["system"] == user_system_prompt(STYLE_PERSONAS[STYLE])
     assert logged.body["model"] == "claude-haiku-4-5-20251001"
     assert logged.body["max_tokens"] == 77
     (turn,) = logged.body["messages"]
     assert turn["role"] == "user"
     assert "Why is the sky blue? ID:0" in turn["content"] and "Rayleigh scattering." in turn["content"]
-    assert "temperature" not in logged.body  # the SDK's API version rejects sampling parameters
+    # The authors' runs: temperature 0, sent under the API version that still accepts sampling parameters.
+    assert logged.body["temperature"] == 0.0 and logged.headers["anthropic-version"] == "2023-06-01"
     assert sim.client.base_url.startswith(server.url)  # found through ANTHROPIC_BASE_URL
+
+
+def test_the_authors_reply_length_is_the_default(server):
+    make_sim().generate_feedback(prompts(1), ["a"])
+    (logged,) = server.requests
+    assert logged.body["max_tokens"] == 256
+
+
+def test_no_temperature_uses_the_sdks_api_version(server):
+    make_sim(temperature=None).generate_feedback(prompts(1), ["a"])
+    (logged,) = server.requests
+    assert "temperature" not in logged.body and logged.headers["anthropic-version"] != "2023-06-01"
 
 
 def test_order_preserved_nothing_dropped_or_duplicated_under_concurrency(monkeypatch):
@@ -289,7 +303,7 @@ def test_concurrent_writers_of_the_same_entries_are_safe(server, tmp_path):
     assert sim.generate_feedback([f"Q ID:{i}" for i in range(20)], ["a"] * 20) == expected(20)
     assert server.hits() == hits and sim.pop_metrics()["cache_hits"] == 20
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 21 and not [p for p in files if p.name.startswith(".tmp-")]
+    assert len(files) == 21 and not [p for p in files if p.name.startswith(".")]
     assert all(json.loads(p.read_text())["text"] for p in files)
 
 

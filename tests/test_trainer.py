@@ -5,7 +5,6 @@ local model simulator itself is tested in test_user_simulator.py and end to end 
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +122,30 @@ def test_training_changes_weights_and_writes_a_checkpoint(trained):
     assert settings["hindsight_template"] == trainer.args.hindsight_template
     assert settings["chat_template_kwargs"] == {"enable_thinking": False}
     assert settings["user_simulator"]["class"] == "NamingUser"
+    assert settings["loss_type"] == "grpo" and settings["sampling"]["temperature"] == 1.0
+    # Two steps of two answers, all answered: the checkpoint knows how many interactions it has seen.
+    assert settings["interactions"] == {"answers": 4, "with_feedback": 4} and settings["global_step"] == 2
+
+
+def test_a_simulator_without_generate_feedback_is_refused_clearly(model_dir, tmp_path):
+    class NotAUser:
+        style = "poetic"
+
+    with pytest.raises(TypeError, match="has no generate_feedback"):
+        OnlineSDPOTrainer(model=model_dir, user_simulator=NotAUser(), args=make_config(tmp_path),
+                          train_dataset=prompt_dataset(), processing_class=AutoTokenizer.from_pretrained(model_dir))
+
+
+def test_a_simulator_without_style_trains_and_records_none(model_dir, tmp_path):
+    class Plain(UserSimulator):
+        def generate_feedback(self, prompts, completions):
+            return ["shorter"] * len(prompts)
+
+    trainer = OnlineSDPOTrainer(model=model_dir, user_simulator=Plain(), args=make_config(tmp_path, max_steps=1),
+                                train_dataset=prompt_dataset(), processing_class=AutoTokenizer.from_pretrained(model_dir))
+    trainer.train()
+    settings = json.loads((tmp_path / "checkpoint-1" / RUN_SETTINGS_NAME).read_text())
+    assert settings["style"] is None and settings["user_simulator"]["class"] == "Plain"
 
 
 def test_metrics_are_logged_and_rewards_only_monitored(trained):
@@ -275,7 +298,5 @@ def test_score_signal_uses_the_training_contexts(trained, model_dir):
 def test_resumed_run_trims_repeated_steps_from_the_token_log(tmp_path):
     log = tmp_path / TOKEN_LOG_NAME
     log.write_text("".join(json.dumps({"step": s, "prompt": str(s)}) + "\n" for s in (0, 1, 2, 3)))
-    trainer = OnlineSDPOTrainer.__new__(OnlineSDPOTrainer)
-    trainer.token_log_path = Path(log)
-    trainer._trim_token_log(2)
+    TokenLog(log, samples_per_window=2).trim(2)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1]
