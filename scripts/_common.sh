@@ -113,6 +113,32 @@ sdpo_wandb() {
   fi
 }
 
+# SAVE_STEPS defaults to the recipe's save_steps, so the printed schedule and the run agree.
+sdpo_recipe_save_steps() {
+  if [[ -f "$RECIPE" ]]; then awk -F': *' '$1 == "save_steps" { print $2; exit }' "$RECIPE"; fi
+}
+
+# What the settings give, with the recipe's one epoch and one answer per prompt: TRL drops an incomplete last
+# generation batch, so steps = TRAIN_N // (BS * GA * WORLD_SIZE); a checkpoint every SAVE_STEPS steps and at the end.
+sdpo_schedule() {
+  : "${SAVE_STEPS:=$(sdpo_recipe_save_steps)}"
+  local name
+  for name in TRAIN_N BS GA WORLD_SIZE SAVE_STEPS; do
+    if [[ ! "${!name:-}" =~ ^[1-9][0-9]*$ ]]; then
+      echo "schedule: n/a ($name=$(printf '%q' "${!name:-}") is not a positive integer)"
+      return 0
+    fi
+  done
+  local per_step=$((BS * GA * WORLD_SIZE)) steps checkpoints=() step
+  steps=$((TRAIN_N / per_step))
+  for ((step = SAVE_STEPS; step <= steps; step += SAVE_STEPS)); do checkpoints+=("$step"); done
+  if ((steps > 0)) && ((steps % SAVE_STEPS)); then checkpoints+=("$steps"); fi
+  echo "schedule: $per_step interactions per step (BS=$BS x GA=$GA x WORLD_SIZE=$WORLD_SIZE answers, one user reply each)"
+  echo "  TRAIN_N=$TRAIN_N prompts -> $steps steps, $((steps * per_step)) interactions in one epoch"
+  echo "  checkpoints at steps: ${checkpoints[*]:-none} (every SAVE_STEPS=$SAVE_STEPS and the last step)"
+  if ((steps == 0)); then sdpo_warn "TRAIN_N=$TRAIN_N is less than one step of $per_step answers: nothing would train"; fi
+}
+
 # The whole training launch, shared by train_online_sdpo_tldr.sh and train_online_sdpo.sh. The caller sets the
 # experiment's defaults, RUNS_SUBDIR (folder under $SCRATCH), PREPARE_SCRIPT (makes the JSONL files), RECIPE and
 # SIMULATOR_ARGS (the user-simulator flags), then calls this.
@@ -128,10 +154,12 @@ sdpo_train() {
     fi
   fi
 
+  : "${SAVE_STEPS:=$(sdpo_recipe_save_steps)}"
   echo "settings:"
-  sdpo_show MODEL_NAME_OR_PATH "${SHOWN_SIMULATOR_VARS[@]}" STYLE LR BS GA WORLD_SIZE ACCELERATE_CONFIG \
-    TRAIN_JSONL VAL_JSONL TRAIN_N EVAL_N SEED MAX_PROMPT_TOKENS SYSTEM_PROMPT RECIPE RUN_ID OUTPUT_DIR \
-    RESUME_FROM_CHECKPOINT WANDB_PROJECT WANDB_NAME
+  sdpo_show MODEL_NAME_OR_PATH "${SHOWN_SIMULATOR_VARS[@]}" STYLE PERSONA_FILE LR BS GA WORLD_SIZE \
+    ACCELERATE_CONFIG TRAIN_JSONL VAL_JSONL TRAIN_N EVAL_N SEED MAX_PROMPT_TOKENS SYSTEM_PROMPT RECIPE SAVE_STEPS \
+    RUN_ID OUTPUT_DIR RESUME_FROM_CHECKPOINT WANDB_PROJECT WANDB_NAME
+  sdpo_schedule
   echo "credentials:"
   sdpo_show_secrets ANTHROPIC_API_KEY WANDB_API_KEY HF_TOKEN
 
@@ -139,6 +167,7 @@ sdpo_train() {
   sdpo_require_file TRAIN_JSONL "$hint"
   sdpo_require_file VAL_JSONL "$hint"
   sdpo_require_file RECIPE "a YAML file of GRPOConfig fields, see recipes/"
+  if [[ -n "${PERSONA_FILE:-}" ]]; then sdpo_require_file PERSONA_FILE "a YAML or JSON file of style -> persona"; fi
   sdpo_launcher
   sdpo_wandb
 
@@ -148,7 +177,8 @@ sdpo_train() {
   cmd+=(--seed "$SEED" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --system_prompt "$SYSTEM_PROMPT"
     --model_name_or_path "$MODEL_NAME_OR_PATH" "${SIMULATOR_ARGS[@]}" --style "$STYLE"
     --learning_rate "$LR" --per_device_train_batch_size "$BS" --gradient_accumulation_steps "$GA"
-    --output_dir "$OUTPUT_DIR" --report_to wandb --run_name "$WANDB_NAME")
+    --save_steps "$SAVE_STEPS" --output_dir "$OUTPUT_DIR" --report_to wandb --run_name "$WANDB_NAME")
+  if [[ -n "${PERSONA_FILE:-}" ]]; then cmd+=(--persona_file "$PERSONA_FILE"); fi
   if [[ -n "${RESUME_FROM_CHECKPOINT:-}" ]]; then cmd+=(--resume_from_checkpoint "$RESUME_FROM_CHECKPOINT"); fi
   cmd+=("${PASSTHROUGH[@]}")
   sdpo_print_and_run "${cmd[@]}"

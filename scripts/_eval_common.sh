@@ -4,20 +4,19 @@
 # DATA_PATH, JUDGE_MODEL, MAX_PROMPT_TOKENS and PREPARE_SCRIPT, then calls sdpo_eval.
 
 sdpo_eval() {
-  : "${CKPTS:=3 6 9 12 15}"
+  : "${CKPTS:=}"
   : "${BASELINE:=Qwen/Qwen3-8B}"
   : "${EVAL_N:=256}"
   : "${WORLD_SIZE:=4}"
 
   echo "settings:"
-  sdpo_show RUN_DIR DATA_PATH CKPTS BASELINE JUDGE JUDGE_MODEL EVAL_N MAX_PROMPT_TOKENS STYLE WORLD_SIZE \
+  sdpo_show RUN_DIR DATA_PATH CKPTS BASELINE JUDGE JUDGE_MODEL EVAL_N MAX_PROMPT_TOKENS STYLE PERSONA_FILE WORLD_SIZE \
     ACCELERATE_CONFIG OUTPUT_DIR
   echo "credentials:"
   sdpo_show_secrets ANTHROPIC_API_KEY HF_TOKEN
 
   local steps step
   read -r -a steps <<<"$CKPTS"
-  ((${#steps[@]})) || sdpo_usage_error "CKPTS is empty: give checkpoint steps, e.g. CKPTS=\"3 6 9\""
   for step in "${steps[@]}"; do
     [[ "$step" =~ ^[0-9]+$ ]] ||
       sdpo_usage_error "CKPTS must hold checkpoint steps (integers), got $(printf '%q' "$step")"
@@ -31,10 +30,13 @@ sdpo_eval() {
   sdpo_require_file DATA_PATH "make it with $PREPARE_SCRIPT"
   sdpo_launcher
 
-  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/evaluate.py" --run_dir "${RUN_DIR:-}" --ckpts "${steps[@]}"
-    --data_path "$DATA_PATH" --eval_n "$EVAL_N" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --baseline "$BASELINE"
+  # Without CKPTS, evaluate.py takes every complete checkpoint of the run, however many steps it had.
+  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/evaluate.py" --run_dir "${RUN_DIR:-}")
+  if ((${#steps[@]})); then cmd+=(--ckpts "${steps[@]}"); fi
+  cmd+=(--data_path "$DATA_PATH" --eval_n "$EVAL_N" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --baseline "$BASELINE"
     --judge "$JUDGE" --judge_model "$JUDGE_MODEL")
   if [[ -n "${STYLE:-}" ]]; then cmd+=(--style "$STYLE"); fi
+  if [[ -n "${PERSONA_FILE:-}" ]]; then cmd+=(--persona_file "$PERSONA_FILE"); fi
   if [[ -n "${OUTPUT_DIR:-}" ]]; then cmd+=(--output_dir "$OUTPUT_DIR"); fi
   cmd+=("${PASSTHROUGH[@]}")
   sdpo_print_and_run "${cmd[@]}"

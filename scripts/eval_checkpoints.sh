@@ -15,12 +15,13 @@ resumes and pays only for the pairs not judged yet.
 Variables (default):
   RUN_DIR            the training run's OUTPUT_DIR, holding checkpoint-<N>/ (required)
   DATA_PATH          held-out prompts (./data/helpsteer2_prompts/validation.jsonl)
-  CKPTS              checkpoint steps ("3 6 9 12 15")
+  CKPTS              checkpoint steps, e.g. "3 6" (unset: every complete checkpoint-<N> of RUN_DIR)
   BASELINE           baseline model (Qwen/Qwen3-8B)
   JUDGE_MODEL        Claude judge model (claude-haiku-4-5-20251001)
   EVAL_N             held-out prompts used (256)
-  MAX_PROMPT_TOKENS  drop longer prompts, as in training (2048)
-  STYLE              judge persona (unset: the style each checkpoint was trained for)
+  MAX_PROMPT_TOKENS  drop longer prompts, as in training (512)
+  STYLE              judge persona (unset: the persona text each checkpoint was trained with)
+  PERSONA_FILE       YAML or JSON file of style -> persona, for STYLE (unset)
   WORLD_SIZE         number of GPUs (4); 1 runs plain python, more run accelerate launch
   ACCELERATE_CONFIG  accelerate config file used instead of --num_processes (unset)
   OUTPUT_DIR         where results go (unset: RUN_DIR/eval)
@@ -39,5 +40,5 @@ JUDGE=claude
 PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh
 : "${DATA_PATH:=$SDPO_ROOT/data/helpsteer2_prompts/validation.jsonl}"
 : "${JUDGE_MODEL:=claude-haiku-4-5-20251001}"
-: "${MAX_PROMPT_TOKENS:=2048}"
+: "${MAX_PROMPT_TOKENS:=512}"
 sdpo_eval

@@ -14,12 +14,13 @@ Writes win_rates.md/.csv, win_rate.png and judgments.jsonl to OUTPUT_DIR; a re-r
 Variables (default):
   RUN_DIR            the training run's OUTPUT_DIR, holding checkpoint-<N>/ (required)
   DATA_PATH          held-out prompts (./data/tldr_prompts_unique/validation.jsonl)
-  CKPTS              checkpoint steps ("3 6 9 12 15")
+  CKPTS              checkpoint steps, e.g. "3 6" (unset: every complete checkpoint-<N> of RUN_DIR)
   BASELINE           baseline model (Qwen/Qwen3-8B)
   JUDGE_MODEL        local judge model (Qwen/Qwen3-8B)
   EVAL_N             held-out prompts used (256)
-  MAX_PROMPT_TOKENS  drop longer prompts, as in training (1024)
-  STYLE              judge persona (unset: the style each checkpoint was trained for)
+  MAX_PROMPT_TOKENS  drop longer prompts, as in training (512)
+  STYLE              judge persona (unset: the persona text each checkpoint was trained with)
+  PERSONA_FILE       YAML or JSON file of style -> persona, for STYLE (unset)
   WORLD_SIZE         number of GPUs (4); 1 runs plain python, more run accelerate launch
   ACCELERATE_CONFIG  accelerate config file used instead of --num_processes (unset)
   OUTPUT_DIR         where results go (unset: RUN_DIR/eval)
@@ -36,5 +37,5 @@ JUDGE=local
 PREPARE_SCRIPT=scripts/prepare_data_tldr.sh
 : "${DATA_PATH:=$SDPO_ROOT/data/tldr_prompts_unique/validation.jsonl}"
 : "${JUDGE_MODEL:=Qwen/Qwen3-8B}"
-: "${MAX_PROMPT_TOKENS:=1024}"
+: "${MAX_PROMPT_TOKENS:=512}"
 sdpo_eval

@@ -11,17 +11,19 @@ usage: [VAR=value ...] scripts/train_online_sdpo.sh [--dry-run] [-- extra train.
 Online SDPO on HelpSteer2 prompts with Claude Haiku as the simulated user (needs ANTHROPIC_API_KEY).
 Variables (default):
   MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
-  STYLE                    simulated user's style (concise_casual_beginner); see STYLE_PERSONAS in user_simulator.py
+  STYLE                    simulated user's style (concise_casual_beginner); the personas are in personas.yaml
+  PERSONA_FILE             YAML or JSON file of style -> persona adding to or overriding personas.yaml (unset)
   LR, BS, GA               learning rate, per-device batch size, gradient accumulation (5e-6, 4, 1)
   WORLD_SIZE               number of GPUs (4); 1 runs plain python, more run accelerate launch
   ACCELERATE_CONFIG        accelerate config file used instead of --num_processes (unset)
   TRAIN_JSONL, VAL_JSONL   prompt files (./data/helpsteer2_prompts/{train,validation}.jsonl)
   TRAIN_N, EVAL_N          prompts used for training (512) and validation (unset: all)
   SEED                     seed of the prompt subset and of training (42)
-  MAX_PROMPT_TOKENS        drop longer prompts (2048)
+  MAX_PROMPT_TOKENS        drop longer prompts, in chat-formatted tokens (512, the authors' filter)
   SYSTEM_PROMPT            policy system prompt: tldr or general (general)
   CLAUDE_MODEL             Claude model of the user (unset: train.py's default, Claude Haiku 4.5)
   RECIPE                   YAML run settings passed with --config (recipes/helpsteer.yaml)
+  SAVE_STEPS               save a checkpoint every this many steps (the recipe's save_steps: 3)
   RUN_ID                   run name (helpsteer-<style>-<date>-<time>)
   OUTPUT_DIR               checkpoints ($SCRATCH/sdpo-runs/<run-id>; without SCRATCH:
                            ./runs/sdpo-runs/<run-id> in the repository)
@@ -29,15 +31,13 @@ Variables (default):
   WANDB_PROJECT, WANDB_NAME  wandb project (sdpo-helpsteer2) and run name (RUN_ID); offline without WANDB_API_KEY
   PYTHON                   python used when WORLD_SIZE=1 (python)
 Options:
-  --dry-run   print the settings and the exact command, run nothing
+  --dry-run   print the settings, the schedule and the exact command, run nothing
   -h, --help  this help
+
+With the variables as set now:
 USAGE
+  sdpo_schedule
 }
-
-sdpo_parse_args "$@"
-
-sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
-  "scripts/train_online_sdpo_tldr.sh, whose user model runs locally"
 
 EXPERIMENT=helpsteer
 RUNS_SUBDIR=sdpo-runs
@@ -52,7 +52,7 @@ PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh
 : "${VAL_JSONL:=$SDPO_ROOT/data/helpsteer2_prompts/validation.jsonl}"
 : "${TRAIN_N:=512}"
 : "${SEED:=42}"
-: "${MAX_PROMPT_TOKENS:=2048}"
+: "${MAX_PROMPT_TOKENS:=512}"
 : "${SYSTEM_PROMPT:=general}"
 : "${RECIPE:=$SDPO_ROOT/recipes/helpsteer.yaml}"
 : "${WANDB_PROJECT:=sdpo-helpsteer2}"
@@ -60,4 +60,8 @@ PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh
 SHOWN_SIMULATOR_VARS=(CLAUDE_MODEL)
 SIMULATOR_ARGS=()
 if [[ -n "${CLAUDE_MODEL:-}" ]]; then SIMULATOR_ARGS=(--claude_model "$CLAUDE_MODEL"); fi
+
+sdpo_parse_args "$@"
+sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
+  "scripts/train_online_sdpo_tldr.sh, whose user model runs locally"
 sdpo_train

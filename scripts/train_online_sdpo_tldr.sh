@@ -11,16 +11,18 @@ usage: [VAR=value ...] scripts/train_online_sdpo_tldr.sh [--dry-run] [-- extra t
 Online SDPO on TL;DR summarization with a local user simulator. Variables (default):
   MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
   USER_MODEL_NAME_OR_PATH  local user-simulator model (Qwen/Qwen3-8B)
-  STYLE                    simulated user's style (concise_casual_beginner); see STYLE_PERSONAS in user_simulator.py
+  STYLE                    simulated user's style (concise_casual_beginner); the personas are in personas.yaml
+  PERSONA_FILE             YAML or JSON file of style -> persona adding to or overriding personas.yaml (unset)
   LR, BS, GA               learning rate, per-device batch size, gradient accumulation (5e-6, 2, 4)
   WORLD_SIZE               number of GPUs (4); 1 runs plain python, more run accelerate launch
   ACCELERATE_CONFIG        accelerate config file used instead of --num_processes (unset)
   TRAIN_JSONL, VAL_JSONL   prompt files (./data/tldr_prompts_unique/{train,validation}.jsonl)
   TRAIN_N, EVAL_N          prompts used for training (256) and validation (unset: all)
   SEED                     seed of the prompt subset and of training (42)
-  MAX_PROMPT_TOKENS        drop longer prompts (1024)
+  MAX_PROMPT_TOKENS        drop longer prompts, in chat-formatted tokens (512, the authors' filter)
   SYSTEM_PROMPT            policy system prompt: tldr or general (tldr)
   RECIPE                   YAML run settings passed with --config (recipes/tldr.yaml)
+  SAVE_STEPS               save a checkpoint every this many steps (the recipe's save_steps: 3)
   RUN_ID                   run name (tldr-<style>-<date>-<time>)
   OUTPUT_DIR               checkpoints ($SCRATCH/sdpo-tldr-runs/<run-id>; without SCRATCH:
                            ./runs/sdpo-tldr-runs/<run-id> in the repository)
@@ -28,12 +30,13 @@ Online SDPO on TL;DR summarization with a local user simulator. Variables (defau
   WANDB_PROJECT, WANDB_NAME  wandb project (sdpo-tldr) and run name (RUN_ID); offline without WANDB_API_KEY
   PYTHON                   python used when WORLD_SIZE=1 (python)
 Options:
-  --dry-run   print the settings and the exact command, run nothing
+  --dry-run   print the settings, the schedule and the exact command, run nothing
   -h, --help  this help
-USAGE
-}
 
-sdpo_parse_args "$@"
+With the variables as set now:
+USAGE
+  sdpo_schedule
+}
 
 EXPERIMENT=tldr
 RUNS_SUBDIR=sdpo-tldr-runs
@@ -49,11 +52,12 @@ PREPARE_SCRIPT=scripts/prepare_data_tldr.sh
 : "${VAL_JSONL:=$SDPO_ROOT/data/tldr_prompts_unique/validation.jsonl}"
 : "${TRAIN_N:=256}"
 : "${SEED:=42}"
-: "${MAX_PROMPT_TOKENS:=1024}"
+: "${MAX_PROMPT_TOKENS:=512}"
 : "${SYSTEM_PROMPT:=tldr}"
 : "${RECIPE:=$SDPO_ROOT/recipes/tldr.yaml}"
 : "${WANDB_PROJECT:=sdpo-tldr}"
 
 SHOWN_SIMULATOR_VARS=(USER_MODEL_NAME_OR_PATH)
 SIMULATOR_ARGS=(--user_model_name_or_path "$USER_MODEL_NAME_OR_PATH")
+sdpo_parse_args "$@"
 sdpo_train

@@ -141,15 +141,13 @@ def test_win_rate_without_decisive_pairs_is_not_a_number():
 
 
 def test_judge_sees_the_persona_as_system_prompt_and_both_labelled_responses():
-    system, user = judge_messages(STYLE, "Fix my bike?", "first answer", "second answer")
+    system, user = judge_messages(STYLE_PERSONAS[STYLE], "Fix my bike?", "first answer", "second answer")
     assert system["role"] == "system" and STYLE_PERSONAS[STYLE] in system["content"]
     assert user["role"] == "user"
     text = user["content"]
     assert text.index("Fix my bike?") < text.index("first answer") < text.index("second answer")
     assert "[Response A]\nfirst answer\n[End of response A]" in text
     assert "[Response B]\nsecond answer\n[End of response B]" in text
-    with pytest.raises(ValueError, match="Known styles"):
-        judge_messages("grumpy", "x", "a", "b")
 
 
 def test_jsonl_reads_skip_a_torn_last_line_and_appends_start_a_fresh_one(tmp_path):
@@ -172,6 +170,7 @@ class CannedUser(UserSimulator):
     """A fixed reply: the checkpoints only need to come from real training steps, not from a real user."""
 
     style = STYLE
+    persona = "You want one short line, no more. (The text this run trained with.)"
 
     def generate_feedback(self, prompts, completions):
         return ["Way too long, just give me one short line." for _ in prompts]
@@ -199,7 +198,7 @@ def run_dir(model_dir, tmp_path_factory):
         model=model_dir, user_simulator=CannedUser(), args=args,
         train_dataset=Dataset.from_list([{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in requests]),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
-        run_settings={"style": STYLE, "system_prompt_name": "tldr", "system_prompt": SYSTEM_PROMPTS["tldr"]},
+        run_settings={"system_prompt_name": "tldr", "system_prompt": SYSTEM_PROMPTS["tldr"]},
     )
     trainer.train()
     assert (output_dir / "checkpoint-1" / RUN_SETTINGS_NAME).is_file()
@@ -274,6 +273,7 @@ def test_local_evaluation_writes_table_plot_and_every_judgment(local_eval, run_d
     assert sorted((r["step"], r["prompt"]) for r in records) == sorted((s, p) for s in (1, 2) for p in prompts)
     for r in records:
         assert r["style"] == STYLE and r["checkpoint"] == f"checkpoint-{r['step']}"
+        assert r["persona"] == CannedUser.persona  # the text the run trained with, not today's built-in
         assert r["messages"][0] == {"role": "system", "content": SYSTEM_PROMPTS["tldr"]}  # the run's own prompt
         assert r["generation"]["chat_template_kwargs"] == {"enable_thinking": False}
         assert r["generation"]["max_new_tokens"] == 4  # the run's max_completion_length
@@ -290,6 +290,8 @@ def test_local_evaluation_writes_table_plot_and_every_judgment(local_eval, run_d
     # Table rows are the counts of the judgments file.
     rows = {row["step"]: row for row in local_eval["rows"]}
     assert sorted(rows) == [1, 2]
+    # One answer per step on one process: checkpoint-1 had seen one interaction, checkpoint-2 two.
+    assert rows[1]["interactions"] == 1 and rows[2]["interactions"] == 2
     with open(out / "win_rates.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [int(t["step"]) for t in table] == [1, 2]
@@ -299,7 +301,7 @@ def test_local_evaluation_writes_table_plot_and_every_judgment(local_eval, run_d
             assert int(t[column]) == mine.count(outcome) == rows[int(t["step"])][column]
         assert int(t["pairs"]) == LOCAL_N
     markdown = (out / "win_rates.md").read_text()
-    assert re.search(r"^\| 1 \| 1 \|", markdown, re.M) and re.search(r"^\| 2 \| 1 \|", markdown, re.M)
+    assert re.search(r"^\| 1 \| 1 \| 1 \|", markdown, re.M) and re.search(r"^\| 2 \| 2 \| 1 \|", markdown, re.M)
 
     png = (out / "win_rate.png").read_bytes()
     assert png.startswith(PNG_MAGIC)
@@ -352,9 +354,9 @@ def test_claude_judge_sends_persona_and_both_orders_and_skips_failed_pairs(claud
     )
     judge = evaluate.ClaudeJudge(args)
     pairs = [
-        {"style": STYLE, "prompt": "Fix my bike?", "policy_response": "Pump tyres.",
+        {"style": STYLE, "persona": STYLE_PERSONAS[STYLE], "prompt": "Fix my bike?", "policy_response": "Pump tyres.",
          "baseline_response": "A much longer text."},
-        {"style": STYLE, "prompt": "ID:bad Oil?", "policy_response": "Yes, oil it well.", "baseline_response": "Yes."},
+        {"style": STYLE, "persona": STYLE_PERSONAS[STYLE], "prompt": "ID:bad Oil?", "policy_response": "Yes, oil it well.", "baseline_response": "Yes."},
     ]
     claude_env.add_fault("bad", "server_error", times=1)  # the first request of the second pair fails for good
     records = evaluate.judge_pairs(judge, pairs)
@@ -464,8 +466,41 @@ def test_bad_run_settings_are_named_before_any_model_loads(tmp_path, held_out, n
         evaluate.evaluate(EvalArguments(run_dir=str(tmp_path), ckpts=[3], data_path=str(held_out)))
 
 
+SETTINGS = {"style": "poetic", "system_prompt": "", "max_completion_length": 8}
+
+
+def test_by_default_every_complete_checkpoint_is_evaluated(tmp_path, held_out, no_model_loads, caplog):
+    for step in (3, 6, 8):
+        fake_checkpoint(tmp_path / f"checkpoint-{step}", settings=json.dumps({**SETTINGS, "interactions": {
+            "answers": 32 * step, "with_feedback": 31 * step}}))
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    fake_checkpoint(tmp_path / "checkpoint-9", settings=None)  # a save cut short: no run settings yet
+    plans = evaluate.plan_checkpoints(EvalArguments(run_dir=str(tmp_path), data_path=str(held_out)))
+    assert [plan.step for plan in plans] == [3, 6, 8]
+    assert [plan.interactions for plan in plans] == [93, 186, 248]
+    assert "Skipping incomplete checkpoint" in caplog.text and "checkpoint-9" in caplog.text
+
+
+def test_the_judge_plays_the_stored_persona_text_unless_told_otherwise(tmp_path, held_out, no_model_loads):
+    stored = {**SETTINGS, "persona": "You want replies in rhyming couplets only."}
+    fake_checkpoint(tmp_path / "checkpoint-1", settings=json.dumps(stored))
+    (plan,) = evaluate.plan_checkpoints(EvalArguments(run_dir=str(tmp_path), ckpts=[1], data_path=str(held_out)))
+    assert (plan.style, plan.persona) == ("poetic", stored["persona"])
+    (plan,) = evaluate.plan_checkpoints(
+        EvalArguments(run_dir=str(tmp_path), ckpts=[1], data_path=str(held_out), style="no_emojis")
+    )
+    assert (plan.style, plan.persona) == ("no_emojis", STYLE_PERSONAS["no_emojis"])
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("pirate: You want every answer in pirate speak.\n")
+    (plan,) = evaluate.plan_checkpoints(EvalArguments(
+        run_dir=str(tmp_path), ckpts=[1], data_path=str(held_out), style="pirate", persona_file=str(mine)))
+    assert plan.persona == "You want every answer in pirate speak."
+    with pytest.raises(ValueError, match="--persona_file needs --style"):
+        EvalArguments(run_dir=str(tmp_path), data_path=str(held_out), persona_file=str(mine))
+
+
 def test_run_without_checkpoints_and_bad_flags_are_refused(tmp_path, held_out):
-    with pytest.raises(FileNotFoundError, match="no checkpoint-<N> folders"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint-<N> folders"):
         evaluate.evaluate(EvalArguments(run_dir=str(tmp_path), data_path=str(held_out)))
     with pytest.raises(FileNotFoundError, match="--run_dir: no such folder"):
         EvalArguments(run_dir=str(tmp_path / "nope"), data_path=str(held_out))
@@ -499,8 +534,8 @@ def printed_command(stdout):
 
 
 @pytest.mark.parametrize("script, judge, judge_model, data, max_prompt_tokens", [
-    ("eval_checkpoints_tldr.sh", "local", "Qwen/Qwen3-8B", "data/tldr_prompts_unique/validation.jsonl", "1024"),
-    ("eval_checkpoints.sh", "claude", "claude-haiku-4-5-20251001", "data/helpsteer2_prompts/validation.jsonl", "2048"),
+    ("eval_checkpoints_tldr.sh", "local", "Qwen/Qwen3-8B", "data/tldr_prompts_unique/validation.jsonl", "512"),
+    ("eval_checkpoints.sh", "claude", "claude-haiku-4-5-20251001", "data/helpsteer2_prompts/validation.jsonl", "512"),
 ])
 def test_script_dry_run_defaults(script, judge, judge_model, data, max_prompt_tokens, tmp_path):
     result = run_script(script, "--dry-run", RUN_DIR=str(tmp_path))
@@ -508,7 +543,7 @@ def test_script_dry_run_defaults(script, judge, judge_model, data, max_prompt_to
     argv = printed_command(result.stdout)
     assert argv[:4] == ["accelerate", "launch", "--num_processes", "4"]
     assert argv[4] == str(REPO / "evaluate.py")
-    assert argv[argv.index("--ckpts") + 1 : argv.index("--ckpts") + 6] == ["3", "6", "9", "12", "15"]
+    assert "--ckpts" not in argv  # every complete checkpoint of the run
     flags = dict(zip(argv[5::1], argv[6::1]))
     assert flags["--run_dir"] == str(tmp_path) and flags["--data_path"] == str(REPO / data)
     assert flags["--eval_n"] == "256" and flags["--baseline"] == "Qwen/Qwen3-8B"

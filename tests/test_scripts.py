@@ -30,11 +30,11 @@ SCRIPT_VARS = [
 ]
 TRAINING = {
     "tldr": dict(script="train_online_sdpo_tldr.sh", recipe="recipes/tldr.yaml", runs="sdpo-tldr-runs",
-                 prepare="scripts/prepare_data_tldr.sh", bs="2", ga="4", train_n="256", max_prompt_tokens="1024",
+                 prepare="scripts/prepare_data_tldr.sh", bs="2", ga="4", train_n="256", max_prompt_tokens="512",
                  system_prompt="tldr", project="sdpo-tldr"),
     "helpsteer": dict(script="train_online_sdpo.sh", recipe="recipes/helpsteer.yaml", runs="sdpo-runs",
                       prepare="scripts/prepare_data_helpsteer.sh", bs="4", ga="1", train_n="512",
-                      max_prompt_tokens="2048", system_prompt="general", project="sdpo-helpsteer2"),
+                      max_prompt_tokens="512", system_prompt="general", project="sdpo-helpsteer2"),
 }
 PREPARE = {"tldr": ("prepare_data_tldr.sh", "data/tldr_prompts_unique"),
            "helpsteer": ("prepare_data_helpsteer.sh", "data/helpsteer2_prompts")}
@@ -344,11 +344,11 @@ def test_prepare_helpsteer_script_end_to_end_from_local_copy(tmp_path):
 # ------------------------------------------------------------------------------------------------ recipes
 PAPER_SETTINGS = {"bf16": True, "gradient_checkpointing": True, "optim": "adamw_bnb_8bit",
                   "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "temperature": 1.0, "num_train_epochs": 1,
-                  "save_strategy": "steps", "save_steps": 3, "logging_steps": 1,
+                  "save_strategy": "steps", "save_steps": 3, "logging_steps": 1, "loss_type": "grpo",
                   "model_init_kwargs": {"dtype": "bfloat16"}}
 
 
-@pytest.mark.parametrize("recipe,lengths", [("tldr.yaml", (1024, 256)), ("helpsteer.yaml", (2048, 2048))])
+@pytest.mark.parametrize("recipe,lengths", [("tldr.yaml", (2048, 2048)), ("helpsteer.yaml", (2048, 2048))])
 def test_recipes_hold_the_paper_settings_as_grpo_config_fields(recipe, lengths):
     from trl import GRPOConfig
 
@@ -376,7 +376,36 @@ def test_printed_command_parses_with_train_py(experiment, tmp_path):
     assert training_args.optim == "adamw_bnb_8bit" and training_args.bf16 and training_args.save_steps == 3
     assert training_args.learning_rate == 5e-6 and training_args.run_name == "parse-check"
     assert training_args.per_device_train_batch_size == int(TRAINING[experiment]["bs"])
-    assert training_args.max_completion_length == (256 if experiment == "tldr" else 2048)
+    assert training_args.max_completion_length == 2048 and training_args.loss_type == "grpo"
     assert script_args.train_n == int(TRAINING[experiment]["train_n"]) and script_args.eval_n == 4
     assert script_args.system_prompt == TRAINING[experiment]["system_prompt"]
     assert script_args.user_model_name_or_path == ("Qwen/Qwen3-8B" if experiment == "tldr" else None)
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+@pytest.mark.parametrize(
+    "experiment, env, steps, interactions, checkpoints",
+    [
+        ("tldr", {}, 8, 256, "3 6 8"),  # the paper's TL;DR run: 256 prompts, 2 x 4 x 4 = 32 per step
+        ("helpsteer", {"ANTHROPIC_API_KEY": "sk-ant-x"}, 32, 512, "3 6 9 12 15 18 21 24 27 30 32"),
+        ("tldr", {"WORLD_SIZE": "1", "TRAIN_N": "20"}, 2, 16, "2"),
+        ("tldr", {"WORLD_SIZE": "2", "TRAIN_N": "100", "SAVE_STEPS": "2"}, 6, 96, "2 4 6"),
+    ],
+)
+def test_dry_run_and_help_state_steps_interactions_and_checkpoints(experiment, env, steps, interactions,
+                                                                     checkpoints, tmp_path):
+    script = TRAINING[experiment]["script"]
+    for args in (["--dry-run"], ["--help"]):
+        result = run(script, *args, env={"OUTPUT_DIR": str(tmp_path), **env})
+        assert result.returncode == 0, result.stderr
+        assert f"-> {steps} steps, {interactions} interactions in one epoch" in result.stdout
+        assert f"checkpoints at steps: {checkpoints} (every" in result.stdout
+    save_steps = env.get("SAVE_STEPS", "3")
+    argv = printed_command(run(script, "--dry-run", env={"OUTPUT_DIR": str(tmp_path), **env}).stdout)
+    assert argv[argv.index("--save_steps") + 1] == save_steps
+
+
+def test_schedule_warns_when_train_n_is_less_than_a_step(tmp_path):
+    result = run("train_online_sdpo_tldr.sh", "--dry-run", env={"OUTPUT_DIR": str(tmp_path), "TRAIN_N": "10"})
+    assert result.returncode == 0 and "nothing would train" in result.stderr
+    assert "-> 0 steps, 0 interactions" in result.stdout and "checkpoints at steps: none" in result.stdout
