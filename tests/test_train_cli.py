@@ -101,12 +101,32 @@ def test_empty_after_filtering_is_an_error(model_dir, tmp_path):
          "Unknown style 'grumpy'. Known styles: .*concise_casual_beginner"),
         (["--train_jsonl", "{data}", "--val_jsonl", "/nope.jsonl"], FileNotFoundError, "--val_jsonl: no such file"),
         (["--train_jsonl", "{data}", "--train_n", "0"], ValueError, "--train_n must be >= 1"),
+        (["--train_jsonl", "{data}", "--persona_file", "/nope.yaml"], FileNotFoundError, "persona file: no such"),
+        (["--train_jsonl", "{data}", "--persona_file", "{bad_personas}"], ValueError, r"personas\.yaml:2: .*poetic"),
+        (["--train_jsonl", "{data}", "--user_top_p", "0.9"], ValueError, "apply to a local user model"),
+        (["--train_jsonl", "{data}", "--user_model_name_or_path", "u", "--user_top_p", "1.5"], ValueError, "top_p"),
     ],
 )
 def test_bad_flags_fail_before_any_model_loads(prompts_file, tmp_path, extra, error, message):
     args = ["--output_dir", str(tmp_path / "o"), "--bf16", "false", "--model_name_or_path", "/nonexistent/model"]
+    bad_personas = tmp_path / "personas.yaml"
+    bad_personas.write_text("pirate: Arr.\npoetic:\n")
     with pytest.raises(error, match=message):
-        parse(args + [a.replace("{data}", str(prompts_file)) for a in extra])
+        parse(args + [a.replace("{data}", str(prompts_file)).replace("{bad_personas}", str(bad_personas))
+                      for a in extra])
+
+
+def test_persona_file_and_the_authors_user_defaults(prompts_file, tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("pirate: You want every answer in pirate speak.\n")
+    common = ["--train_jsonl", str(prompts_file), "--output_dir", str(tmp_path / "o"), "--bf16", "false"]
+    local, _ = parse(common + ["--persona_file", str(mine), "--style", "pirate", "--user_model_name_or_path", "u"])
+    assert (local.style, local.persona) == ("pirate", "You want every answer in pirate speak.")
+    assert (local.user_backend, local.user_max_new_tokens, local.user_temperature) == ("local", 128, 0.7)
+    assert (local.user_top_p, local.user_top_k) == (0.95, 20)
+    claude, _ = parse(common + ["--style", "answer_direclty_reduce_formatting"])
+    assert claude.style == "answer_directly_reduce_formatting"  # the research code's spelling is accepted
+    assert (claude.user_backend, claude.user_max_new_tokens, claude.user_temperature) == ("claude", 256, 0.0)
 
 
 def test_unknown_system_prompt_lists_the_choices(prompts_file, tmp_path, capsys):
