@@ -47,7 +47,7 @@ from run_files import (
     write_atomic,
 )
 from sampling import Sampling, generate_exactly
-from user_simulator import DEFAULT_CLAUDE_MODEL
+from chat_clients import DEFAULT_CLAUDE_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -607,7 +607,7 @@ class ClaudeJudge:
     """
 
     def __init__(self, args: EvalArguments):
-        from user_simulator import ClaudeMessagesClient
+        from chat_clients import ClaudeMessagesClient
 
         self.args = args
         self.client = ClaudeMessagesClient(
@@ -617,7 +617,7 @@ class ClaudeJudge:
         )
 
     def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
-        from user_simulator import MessagesRequest
+        from chat_clients import MessagesRequest
 
         requests = [
             MessagesRequest.from_chat(

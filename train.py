@@ -23,7 +23,9 @@ from prompts import SYSTEM_PROMPTS, load_prompt_dataset
 from run_files import latest_complete_checkpoint
 from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from user_simulator import DEFAULT_CLAUDE_MODEL, ClaudeStyleUserSimulator, StyleUserSimulator, UserSimulator
+from chat_clients import DEFAULT_CLAUDE_MODEL
+from claude_user import ClaudeStyleUserSimulator
+from user_simulator import StyleUserSimulator, UserSimulator
 
 logger = logging.getLogger(__name__)
 

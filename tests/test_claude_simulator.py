@@ -15,14 +15,9 @@ import pytest
 
 from messages_server import MessagesServer, echo_reply, request_tag, request_text
 from personas import STYLE_PERSONAS
-from user_simulator import (
-    ClaudeMessagesClient,
-    ClaudeStyleUserSimulator,
-    MessagesRequest,
-    ResponseCache,
-    estimate_cost_usd,
-    user_system_prompt,
-)
+from chat_clients import ClaudeMessagesClient, MessagesRequest, ResponseCache, estimate_cost_usd
+from claude_user import ClaudeStyleUserSimulator
+from user_simulator import user_system_prompt
 
 STYLE = "concise_casual_beginner"
 KEY = "sk-ant-test-SECRET-MARKER-7f3a"
@@ -149,7 +144,7 @@ def test_client_errors_are_not_retried(server):
 def test_permanent_failure_is_masked_and_counted(server, caplog):
     server.add_fault("3", "server_error", times=None, message="the model is on fire")
     sim = make_sim(max_retries=2)
-    with caplog.at_level(logging.WARNING, logger="user_simulator"):
+    with caplog.at_level(logging.WARNING, logger="chat_clients"):
         feedback = sim.generate_feedback(prompts(8), ["a"] * 8)
     assert feedback == [*expected(3), "", *expected(8)[4:]]
     assert server.hits("3") == 3  # first attempt + max_retries
@@ -276,8 +271,8 @@ def test_failed_cache_write_keeps_the_reply_and_leaves_no_entry(server, tmp_path
     def disk_full(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("user_simulator.os.replace", disk_full)
-    with caplog.at_level(logging.WARNING, logger="user_simulator"):
+    monkeypatch.setattr("run_files.os.replace", disk_full)
+    with caplog.at_level(logging.WARNING, logger="chat_clients"):
         assert make_sim(cache_dir=tmp_path).generate_feedback(prompts(1), ["a"]) == expected(1)
     monkeypatch.undo()
     assert "No space left" in caplog.text

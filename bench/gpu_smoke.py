@@ -1,0 +1,196 @@
+"""GPU smoke check of online SDPO: a few real steps of a randomly initialised Qwen3-architecture policy, no download.
+
+    python bench/gpu_smoke.py --tokenizer models/smollm2-135m-instruct [--size 1.7b] [--out report.json]
+
+What it checks, on one CUDA GPU, in bf16 with gradient checkpointing (the recipes' memory settings):
+- full fine-tuning steps run, the loss is finite and the weights move;
+- two scoring passes per sample (teacher at generation time, student inside the loss), counted by a hook;
+- the policy samples exactly as configured although its folder's generation_config.json says 0.6/0.95/20;
+- the teacher pass's peak memory over what was allocated before it, and generation + training tokens per second;
+- a LoRA step: only adapter weights move.
+vLLM is checked only if it imports. Each check prints PASS or FAIL; the exit status is 1 if any failed.
+The policy is random, so its answers are noise: this measures the code paths and their cost, not learning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+
+from prompts import SYSTEM_PROMPTS, prompt_messages  # noqa: E402
+from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
+from user_simulator import UserSimulator  # noqa: E402
+
+# Qwen3-1.7B's and Qwen3-4B's shapes (the vocabulary is the tokenizer's).
+SIZES = {
+    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8),
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8),
+}
+QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+REQUESTS = [f"Post {i}: my neighbour mows his lawn at 6am every Sunday and I work nights. What can I do?"
+            for i in range(64)]
+
+
+class LengthUser(UserSimulator):
+    """A rule-based user: too long above 15 words, otherwise content."""
+
+    style = "concise_casual_beginner"
+
+    def generate_feedback(self, prompts, completions):
+        return ["Way too long, two lines please." if len(c.split()) > 15 else "Short enough, thanks." for c in completions]
+
+
+def build_policy(tokenizer, size: str, folder: Path) -> int:
+    config = Qwen3Config(vocab_size=len(tokenizer), head_dim=128, max_position_embeddings=4096,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SIZES[size])
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.generation_config.update(**QWEN3_SAMPLING)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    torch.cuda.empty_cache()
+    return params
+
+
+def make_trainer(policy: Path, output_dir: str, steps: int, batch: int, completion: int, peft_config=None):
+    args = OnlineSDPOConfig(
+        output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=2, max_steps=steps,
+        max_completion_length=completion, learning_rate=1e-5, bf16=True, gradient_checkpointing=True,
+        model_init_kwargs={"dtype": "bfloat16"}, optim="adamw_torch", logging_steps=1, save_strategy="no",
+        report_to=[], token_log_samples=2, seed=0,
+    )
+    data = Dataset.from_list([{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS])
+    return OnlineSDPOTrainer(model=str(policy), user_simulator=LengthUser(), args=args, train_dataset=data,
+                             processing_class=AutoTokenizer.from_pretrained(policy), peft_config=peft_config)
+
+
+class Probe:
+    """Counts scoring passes and completion tokens, and measures the teacher pass's peak memory."""
+
+    def __init__(self, trainer):
+        self.scored = 0
+        self.tokens = 0
+        self.teacher_peak_gib = 0.0
+        trainer.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        teacher, generate = trainer._teacher_logps, trainer._generate_and_score_completions
+
+        def measured_teacher(*args, **kwargs):
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            out = teacher(*args, **kwargs)
+            torch.cuda.synchronize()
+            self.teacher_peak_gib = max(self.teacher_peak_gib, (torch.cuda.max_memory_allocated() - before) / 2**30)
+            return out
+
+        def counted_generation(inputs):
+            out = generate(inputs)
+            self.tokens += int(out["completion_mask"].sum())
+            return out
+
+        trainer._teacher_logps = measured_teacher
+        trainer._generate_and_score_completions = counted_generation
+
+    def _count(self, module, args, kwargs):
+        if kwargs.get("use_cache") is False:  # TRL's scoring passes; generation runs with the cache on
+            self.scored += kwargs["input_ids"].shape[0]
+
+
+def run(args) -> dict:
+    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    checks: list[tuple[str, bool, str]] = []
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp) / "policy"
+        results["parameters"] = build_policy(tokenizer, args.size, policy)
+
+        trainer = make_trainer(policy, f"{tmp}/full", args.steps, args.batch, args.completion)
+        probe = Probe(trainer)
+        before = {n: p.detach().clone() for n, p in list(trainer.model.named_parameters())[:8]}
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        samples = args.steps * 2 * args.batch
+        moved = any(not torch.equal(p.detach(), before[n]) for n, p in trainer.model.named_parameters() if n in before)
+        results.update(train_seconds=round(seconds, 1), samples=samples, completion_tokens=probe.tokens,
+                       tokens_per_second=round(probe.tokens / seconds, 1), teacher_peak_gib=round(probe.teacher_peak_gib, 2),
+                       peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), losses=losses,
+                       sampling=trainer.policy_sampling())
+        checks.append(("full fine-tuning: finite losses, weights moved", moved and all(map(_finite, losses)),
+                       f"losses {losses}"))
+        checks.append(("two scoring passes per sample", probe.scored == 2 * samples,
+                       f"{probe.scored} scored rows for {samples} samples"))
+        sampling = trainer.policy_sampling()
+        exact = (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (1.0, 1.0, 0)
+        kept = trainer.model.generation_config.temperature == QWEN3_SAMPLING["temperature"]
+        checks.append(("sampling exactly as configured, model defaults restored", exact and kept, json.dumps(sampling)))
+        del trainer
+        torch.cuda.empty_cache()
+
+        lora = make_trainer(policy, f"{tmp}/lora", 1, args.batch, args.completion,
+                            LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+        base = {n: p.detach().clone() for n, p in lora.model.named_parameters() if "lora_" not in n and "layers.0." in n}
+        adapters = {n: p.detach().clone() for n, p in lora.model.named_parameters() if "lora_B" in n}
+        lora.train()
+        frozen = all(torch.equal(p.detach(), base[n]) for n, p in lora.model.named_parameters() if n in base)
+        trained = any(not torch.equal(p.detach(), adapters[n]) for n, p in lora.model.named_parameters() if n in adapters)
+        checks.append(("LoRA step: adapters move, base weights frozen", frozen and trained, f"{len(adapters)} lora_B"))
+        del lora
+
+    try:
+        import vllm  # noqa: F401
+
+        checks.append(("vLLM colocate", False, "vLLM imports but this script does not drive it yet"))
+    except ImportError:
+        results["vllm"] = "not installed on this machine: not run"
+    results["checks"] = [{"check": name, "passed": ok, "detail": detail} for name, ok, detail in checks]
+    return results
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (the embedded model's)")
+    parser.add_argument("--size", choices=list(SIZES), default="1.7b")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8, help="answers per micro-batch (2 micro-batches a step)")
+    parser.add_argument("--completion", type=int, default=128, help="max_completion_length")
+    parser.add_argument("--out", help="also write the results as JSON here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("no CUDA GPU: this is the GPU smoke check (the CPU paths are covered by `make test`)")
+    logging.basicConfig(level=logging.WARNING)
+    results = run(args)
+    for check in results["checks"]:
+        print(f"{'PASS' if check['passed'] else 'FAIL'}  {check['check']}  ({check['detail']})")
+    print(json.dumps({k: v for k, v in results.items() if k != "checks"}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0 if all(c["passed"] for c in results["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
