@@ -590,90 +590,100 @@ class OnlineSDPOTrainer(GRPOTrainer):
             raise ValueError("OnlineSDPOTrainer takes text-only conversational prompts: a `prompt` column of messages")
         messages = [x["prompt"] for x in inputs]
 
-        # 1. Generation, through TRL's own paths. Prompts are rendered here so the template kwargs apply.
-        student_texts = [self._render(m) for m in messages]
-        prompt_ids_list, completion_ids_list, num_items_in_batch, sampling_logps_list, _ = self._generate(
-            student_texts, None
-        )
-        prompt_ids, prompt_mask = self._pad_rows(prompt_ids_list, "left")
-        completion_ids, completion_mask = self._pad_rows(completion_ids_list, "right")
-        is_truncated = torch.tensor(
-            [ids[-1] not in (self.eos_token_id, self.pad_token_id) for ids in completion_ids_list], device=device
-        )
-        if self.mask_truncated_completions:
-            completion_mask = completion_mask * (~is_truncated).unsqueeze(1).long()
-        completions = self.tokenizer.batch_decode(completion_ids_list, skip_special_tokens=True)
-        student_contexts = self.tokenizer.batch_decode(prompt_ids_list)  # exactly what y follows, after any truncation
+        # 1. Generation, through TRL's own paths.
+        batch = self._generate_answers(messages)
 
         # 2. The simulated user's reply to each (request, answer), on this process, for this process's samples.
         requests = [last_user_text(m) for m in messages]
-        start = time.perf_counter()
-        feedback = self.user_simulator.generate_feedback(requests, completions)
-        simulator_seconds = time.perf_counter() - start
-        if len(feedback) != len(completions):
-            raise RuntimeError(f"user simulator returned {len(feedback)} replies for {len(completions)} samples")
+        feedback, simulator_seconds = self._ask_user(requests, batch["completion_text"])
         has_feedback = torch.tensor([bool(o.strip()) for o in feedback], device=device)
         if mode == "train":
             self._count_interactions(has_feedback)
 
-        # 3. Hindsight contexts and the teacher pass.
+        # 3. Hindsight contexts and the teacher pass over the very same completion tokens.
         teacher_texts, shortened = zip(*(self.teacher_context(m, o) for m, o in zip(messages, feedback)))
-        teacher_logps, teacher_lengths = self._teacher_logps(list(teacher_texts), completion_ids, completion_mask)
-
-        # 4. Extra passes only where they are needed: old log-probs for off-policy reuse or vLLM's correction (and
-        #    the leave-one-out baseline), reference log-probs for the KL penalty.
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        vllm_correction = self.use_vllm and self.vllm_importance_sampling_correction
-        needs_old = (
-            self.args.gradient_accumulation_steps % generate_every != 0
-            or vllm_correction
-            or self.args.advantage_baseline == "leave_one_out"
+        teacher_logps, teacher_lengths = self._teacher_logps(
+            list(teacher_texts), batch["completion_ids"], batch["completion_mask"]
         )
-        output: dict[str, Any] = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids,
-            "completion_mask": completion_mask,
-            "num_items_in_batch": num_items_in_batch,
+        output = {
+            **batch,
             "teacher_per_token_logps": teacher_logps,
             "has_feedback": has_feedback,
-            "loss_normalizer": self._loss_normalizer(completion_mask, has_feedback),
+            "loss_normalizer": self._loss_normalizer(batch["completion_mask"], has_feedback),
             "generation_step": torch.full((len(inputs),), self.state.global_step, device=device),
             "request_text": requests,
-            "completion_text": completions,
             "feedback_text": list(feedback),
-            "student_context": student_contexts,
             "teacher_context": list(teacher_texts),
         }
-        if needs_old:
-            old_logps = self._score(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-            output["old_per_token_logps"] = old_logps
-        if vllm_correction:
-            sampling_logps, _ = self._pad_rows(sampling_logps_list, "right", dtype=torch.float32)
-            output["importance_sampling_ratio"] = torch.clamp(
-                torch.exp(old_logps - sampling_logps), max=self.vllm_importance_sampling_cap
-            )
-        if self.args.advantage_baseline == "leave_one_out":
-            scores = masked_mean(teacher_logps - old_logps, completion_mask, dim=1)
-            baseline = leave_one_out_baseline(
-                self.accelerator.gather(scores), self.accelerator.gather(has_feedback.float()), self.num_generations
-            )
-            index = self.accelerator.process_index * len(inputs)
-            output["sequence_baseline"] = baseline[index : index + len(inputs)]
-        if self.beta != 0.0:
-            output["ref_per_token_logps"] = self._reference_logps(
-                prompt_ids, prompt_mask, completion_ids, completion_mask
-            )
+        sampling_logps, completion_ids_list = output.pop("sampling_logps"), output.pop("completion_ids_list")
+
+        # 4. Extra passes only where they are needed (old and reference log-probs).
+        self._add_extra_passes(output, sampling_logps)
 
         # 5. Monitoring: reward functions are logged, never trained on.
         if self.reward_funcs:
-            conversational = [[{"role": "assistant", "content": c}] for c in completions]
+            conversational = [[{"role": "assistant", "content": c}] for c in output["completion_text"]]
             rewards = self._calculate_rewards(inputs, messages, conversational, completion_ids_list)
             for i, name in enumerate(self.reward_func_names):
                 self._metrics[mode][f"rewards/{name}/mean"].append(torch.nanmean(rewards[:, i]).item())
 
         self._log_generation_metrics(mode, feedback, has_feedback, shortened, teacher_lengths, simulator_seconds)
         return output
+
+    def _generate_answers(self, messages: list[list[dict[str, str]]]) -> dict[str, Any]:
+        """y for each prompt: rendered here so the chat template kwargs apply, sampled by TRL's `_generate`."""
+        student_texts = [self._render(m) for m in messages]
+        prompt_ids_list, completion_ids_list, num_items_in_batch, sampling_logps, _ = self._generate(student_texts, None)
+        prompt_ids, prompt_mask = self._pad_rows(prompt_ids_list, "left")
+        completion_ids, completion_mask = self._pad_rows(completion_ids_list, "right")
+        if self.mask_truncated_completions:
+            ended = [ids[-1] in (self.eos_token_id, self.pad_token_id) for ids in completion_ids_list]
+            completion_mask = completion_mask * torch.tensor(ended, device=completion_mask.device).unsqueeze(1).long()
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "num_items_in_batch": num_items_in_batch,
+            "sampling_logps": sampling_logps,
+            "completion_ids_list": completion_ids_list,
+            "completion_text": self.tokenizer.batch_decode(completion_ids_list, skip_special_tokens=True),
+            # exactly what y follows, after any truncation
+            "student_context": self.tokenizer.batch_decode(prompt_ids_list),
+        }
+
+    def _ask_user(self, requests: list[str], completions: list[str]) -> tuple[list[str], float]:
+        start = time.perf_counter()
+        feedback = self.user_simulator.generate_feedback(requests, completions)
+        seconds = time.perf_counter() - start
+        if len(feedback) != len(completions):
+            raise RuntimeError(f"user simulator returned {len(feedback)} replies for {len(completions)} samples")
+        return list(feedback), seconds
+
+    def _add_extra_passes(self, output: dict[str, Any], sampling_logps) -> None:
+        """Old log-probs for off-policy reuse, vLLM's correction or the leave-one-out baseline; reference log-probs
+        for the KL penalty. The on-policy default needs none of them."""
+        context = (output["prompt_ids"], output["prompt_mask"], output["completion_ids"], output["completion_mask"])
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        vllm_correction = self.use_vllm and self.vllm_importance_sampling_correction
+        leave_one_out = self.args.advantage_baseline == "leave_one_out"
+        if self.args.gradient_accumulation_steps % generate_every != 0 or vllm_correction or leave_one_out:
+            output["old_per_token_logps"] = old_logps = self._score(self.model, *context)
+        if vllm_correction:
+            sampling, _ = self._pad_rows(sampling_logps, "right", dtype=torch.float32)
+            output["importance_sampling_ratio"] = torch.clamp(
+                torch.exp(old_logps - sampling), max=self.vllm_importance_sampling_cap
+            )
+        if leave_one_out:
+            scores = masked_mean(output["teacher_per_token_logps"] - old_logps, output["completion_mask"], dim=1)
+            has_feedback = output["has_feedback"]
+            baseline = leave_one_out_baseline(
+                self.accelerator.gather(scores), self.accelerator.gather(has_feedback.float()), self.num_generations
+            )
+            index = self.accelerator.process_index * len(has_feedback)
+            output["sequence_baseline"] = baseline[index : index + len(has_feedback)]
+        if self.beta != 0.0:
+            output["ref_per_token_logps"] = self._reference_logps(*context)
 
     def _count_interactions(self, has_feedback: torch.Tensor) -> None:
         gathered = self.accelerator.gather(has_feedback.long())
