@@ -20,34 +20,28 @@ Files in the output folder (default `<run_dir>/eval/`):
   win_rate.png             win rate against step, with standard-error bars
 A re-run skips the pairs already in judgments.jsonl, so an interrupted evaluation resumes without paying twice.
 Under `accelerate launch` generation (and local judging) is sharded across processes; the main process writes.
+
+This file plans the checkpoints and runs the evaluation; the judge is judging.py, local generation generation.py,
+and the table and plot eval_report.py.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
+from chat_clients import DEFAULT_CLAUDE_MODEL
+from eval_report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
+from generation import GenerationSettings, sharded_generate, stable_key
+from judging import JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE, ClaudeJudge, LocalJudge, WinRate, judge_pairs, summarize
 from personas import persona_catalogue, resolve_style
 from prompts import SYSTEM_PROMPTS, last_user_text, load_prompt_dataset
-from run_files import (
-    RUN_SETTINGS_NAME,
-    append_jsonl,
-    complete_checkpoints,
-    iter_jsonl,
-    read_run_settings,
-    write_atomic,
-)
-from sampling import Sampling, generate_exactly
-from chat_clients import DEFAULT_CLAUDE_MODEL
+from run_files import RUN_SETTINGS_NAME, append_jsonl, complete_checkpoints, iter_jsonl, read_run_settings
+from sampling import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -59,156 +53,6 @@ WEIGHT_FILES = (
 )
 JUDGMENTS_NAME = "judgments.jsonl"
 BASELINE_CACHE_NAME = "baseline_responses.jsonl"
-TABLE_NAME = "win_rates"
-PLOT_NAME = "win_rate.png"
-
-JUDGE_SYSTEM_TEMPLATE = (
-    "You are a user who asked an AI assistant for something and got two candidate responses, A and B.\n"
-    "Your persona: {persona}\n\n"
-    "Judge the responses only by how well each one suits you, the user described above. Answer with a single "
-    "letter: A if you prefer response A, B if you prefer response B, or C if you like them equally."
-)
-JUDGE_TURN_TEMPLATE = (
-    'My request:\n"""\n{request}\n"""\n\n'
-    "[Response A]\n{response_a}\n[End of response A]\n\n"
-    "[Response B]\n{response_b}\n[End of response B]\n\n"
-    "Which response do I prefer, A or B? (C means a tie.) Reply with the letter only."
-)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pure pieces: the judge's prompt, verdict parsing, swap-and-tie resolution, win-rate arithmetic.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def judge_messages(persona: str, request: str, response_a: str, response_b: str) -> list[dict[str, str]]:
-    """The judge's conversation: the persona as system prompt, the request and both labelled responses as user turn."""
-    return [
-        {"role": "system", "content": JUDGE_SYSTEM_TEMPLATE.format(persona=persona)},
-        {
-            "role": "user",
-            "content": JUDGE_TURN_TEMPLATE.format(request=request, response_a=response_a, response_b=response_b),
-        },
-    ]
-
-
-_THINK_BLOCK = re.compile(r"<think>.*?(</think>|\Z)", re.S)
-# "A, B, or C", "A or B", "A/B": the choices listed back (often echoing the question), never a verdict.
-_ENUMERATION = re.compile(r"\b[ABC](?:\s*(?:,|/|\bor\b|\band\b)\s*(?:or\s+|and\s+)?[ABC])+\b")
-_OPEN = r"[\s*_\"'`(\[{<]*"
-_CLOSE = r"[\s*_\"'`)\]}>.!:]*"
-# Tier 1: the reply is the letter, or starts with it ("B", "**B**", "[[A]]", "B. It is shorter", "A is better").
-_BARE = re.compile(_OPEN + r"([ABCabc])" + _CLOSE)
-_LEADING = re.compile(r"\A" + _OPEN + r"([ABC])(?=" + _CLOSE + r"(?:\n|\Z)|[.:,)!]|\s+(?:is|wins)\b|\s*\()")
-# Tier 2: a decisive phrase names the letter ("The better response is B", "I prefer A", "Verdict: C").
-_DECISIVE = re.compile(
-    r"(?i:\b(?:verdict|answer|choice|winner|pick|prefer|preference|better|best)(?:\s+(?:response|answer|one|option))?)"
-    r"\s*(?:(?i:is|would be|:|-|=)\s*)*(?:(?i:response|answer|option)\s+)?" + r"[*_\"'`(\[]*([ABC])\b"
-)
-_DECISIVE_TIE = re.compile(r"(?i)\bit'?s a tie\b|\b(?:verdict|answer)\s*(?:is|:)\s*(?:a\s+)?tie\b")
-# Tier 3: a single response named anywhere ("Response B suits me"), or the word "tie".
-_MENTION = re.compile(r"(?i:\b(?:response|answer|option))\s+[*_\"'`(\[]*([ABC])\b")
-_TIE = re.compile(r"(?i)\btie\b|\bequally good\b")
-
-
-def parse_verdict(text: Optional[str]) -> Optional[str]:
-    """The judge's verdict, "A", "B" or "C" (tie), or None when the text names none or names several.
-
-    Rules from the strictest to the loosest; the first rule that finds something decides, and a rule that finds
-    two different letters makes the verdict unparseable rather than guessing.
-    """
-    if not text:
-        return None
-    text = _THINK_BLOCK.sub("", text).strip()
-    if not text:
-        return None
-    lines = text.splitlines()
-    for candidate in (text, lines[0]):
-        match = _BARE.fullmatch(candidate)
-        if match:
-            return match.group(1).upper()
-    text = _ENUMERATION.sub(" ", text)
-    tiers = (
-        {m.group(1) for m in _LEADING.finditer(text)},
-        {m.group(1) for m in _DECISIVE.finditer(text)} | ({"C"} if _DECISIVE_TIE.search(text) else set()),
-        {m.group(1) for m in _MENTION.finditer(text)} | ({"C"} if _TIE.search(text) else set()),
-    )
-    for letters in tiers:
-        if letters:
-            return letters.pop() if len(letters) == 1 else None
-    return None
-
-
-def outcome_for_policy(verdict: Optional[str], policy_label: str) -> Optional[str]:
-    """"win", "loss" or "tie" for the policy whose response was labelled `policy_label`; None for no verdict."""
-    if verdict is None:
-        return None
-    if verdict == "C":
-        return "tie"
-    return "win" if verdict == policy_label else "loss"
-
-
-def resolve_pair(first: Optional[str], second: Optional[str]) -> str:
-    """Combine the outcomes of the two position-swapped judgments of one pair.
-
-    Agreement stands; disagreement (position bias, or a genuinely close call) is a tie; a missing verdict on
-    either side makes the pair "invalid", which is reported and never folded into the ties.
-    """
-    if first is None or second is None:
-        return "invalid"
-    return first if first == second else "tie"
-
-
-@dataclass(frozen=True)
-class WinRate:
-    """Counts over a checkpoint's pairs. `win_rate` and `stderr` are NaN when no pair was decisive."""
-
-    pairs: int
-    wins: int
-    losses: int
-    ties: int
-    invalid: int
-
-    @property
-    def decisive(self) -> int:
-        return self.wins + self.losses
-
-    @property
-    def win_rate(self) -> float:
-        return self.wins / self.decisive if self.decisive else math.nan
-
-    @property
-    def stderr(self) -> float:
-        """Binomial standard error sqrt(p(1-p)/n) over the n decisive pairs."""
-        p = self.win_rate
-        return math.sqrt(p * (1 - p) / self.decisive) if self.decisive else math.nan
-
-    @property
-    def tie_rate(self) -> float:
-        """Ties among the pairs with a valid verdict (invalid pairs are counted apart)."""
-        valid = self.pairs - self.invalid
-        return self.ties / valid if valid else math.nan
-
-
-def summarize(outcomes: Iterable[str]) -> WinRate:
-    outcomes = list(outcomes)
-    unknown = set(outcomes) - {"win", "loss", "tie", "invalid"}
-    if unknown:
-        raise ValueError(f"Unknown pair outcomes {sorted(unknown)}")
-    return WinRate(
-        pairs=len(outcomes),
-        wins=outcomes.count("win"),
-        losses=outcomes.count("loss"),
-        ties=outcomes.count("tie"),
-        invalid=outcomes.count("invalid"),
-    )
-
-
-def stable_key(*parts) -> str:
-    """A hash of JSON-serialisable parts: the identity of a cached response or of a judged pair."""
-    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -346,26 +190,6 @@ class EvalArguments:
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoints and their run settings, all checked before any model loads
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How a response is written. Part of every cache and pair key, so changing one never reuses stale work."""
-
-    system_prompt: str
-    chat_template_kwargs: dict
-    max_new_tokens: int
-    sampling: Sampling
-    seed: int
-
-    def as_dict(self) -> dict:
-        return {
-            "system_prompt": self.system_prompt,
-            "chat_template_kwargs": self.chat_template_kwargs,
-            "max_new_tokens": self.max_new_tokens,
-            "sampling": self.sampling.as_dict(),
-            "seed": self.seed,
-        }
 
 
 @dataclass
@@ -520,172 +344,8 @@ def read_jsonl_by_key(path: Path) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Models: local generation (policy, baseline, local judge) and the two judges
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class ChatModel:
-    """A local causal LM that answers chat conversations in batches, on this process's device."""
-
-    def __init__(self, name_or_path: str, dtype: str = "auto"):
-        import torch
-        from accelerate import PartialState
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.name_or_path = str(name_or_path)
-        self.device = PartialState().device
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(self.device).eval()
-
-    def generate(
-        self,
-        conversations: Sequence[list[dict]],
-        max_new_tokens: int,
-        sampling: Sampling,
-        batch_size: int,
-        chat_template_kwargs: dict,
-    ) -> list[str]:
-        """Replies decoded exactly with `sampling` (greedy at temperature 0), whatever the model folder's defaults."""
-        import torch
-
-        config = sampling.generation_config(max_new_tokens, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
-        replies: list[str] = []
-        for start in range(0, len(conversations), batch_size):
-            texts = [
-                self.tokenizer.apply_chat_template(
-                    m, tokenize=False, add_generation_prompt=True, **chat_template_kwargs
-                )
-                for m in conversations[start : start + batch_size]
-            ]
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            with torch.no_grad():
-                output = generate_exactly(self.model, batch, config)
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            replies.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-        return replies
-
-    def close(self) -> None:
-        """Free the weights before the next model loads (one 8B model per GPU at a time)."""
-        import gc
-
-        import torch
-
-        del self.model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-class LocalJudge:
-    """A local chat model as judge (Qwen3-8B in the paper's TL;DR setting), greedy by default."""
-
-    def __init__(self, model_name_or_path: str, args: EvalArguments):
-        self.chat = ChatModel(model_name_or_path, args.dtype)
-        self.args = args
-
-    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
-        return self.chat.generate(
-            conversations,
-            self.args.judge_max_new_tokens,
-            Sampling(temperature=self.args.judge_temperature),
-            self.args.judge_batch_size,
-            self.args.chat_template_kwargs,
-        )
-
-    def close(self) -> None:
-        self.chat.close()
-
-
-class ClaudeJudge:
-    """Claude as judge (Haiku 4.5 in the paper's HelpSteer2 setting) through the simulator's concurrent client.
-
-    A request that still fails after the SDK's retries answers None: its pair is not recorded, so a re-run
-    asks again instead of storing a failure as a verdict.
-    """
-
-    def __init__(self, args: EvalArguments):
-        from chat_clients import ClaudeMessagesClient
-
-        self.args = args
-        self.client = ClaudeMessagesClient(
-            max_concurrency=args.claude_max_concurrency,
-            timeout=args.claude_timeout,
-            max_retries=args.claude_max_retries,
-        )
-
-    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
-        from chat_clients import MessagesRequest
-
-        requests = [
-            MessagesRequest.from_chat(
-                self.args.judge_model, chat, max_tokens=self.args.judge_max_new_tokens,
-                temperature=self.args.judge_temperature,
-            )
-            for chat in conversations
-        ]
-        results = self.client.create_many(requests)
-        errors = [r.error for r in results if not r.ok]
-        if errors:
-            logger.warning("%d/%d Claude judge requests failed (first: %s)", len(errors), len(results), errors[0])
-        return [r.text if r.ok else None for r in results]
-
-    def close(self) -> None:
-        pass
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The evaluation
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def sharded_generate(model_path: str, jobs: list[tuple[str, list[dict], GenerationSettings]], args) -> dict[str, str]:
-    """Responses for (key, messages, settings) jobs, split across processes and gathered on every process."""
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-    from transformers import set_seed
-
-    state = PartialState()
-    model = ChatModel(model_path, args.dtype)
-    done: list[tuple[str, str]] = []
-    with state.split_between_processes(jobs) as mine:
-        by_settings: dict[str, tuple[GenerationSettings, list[tuple[str, list[dict]]]]] = {}
-        for key, messages, settings in mine:
-            by_settings.setdefault(stable_key(settings.as_dict()), (settings, []))[1].append((key, messages))
-        for settings, group in by_settings.values():
-            set_seed(settings.seed + state.process_index)
-            replies = model.generate(
-                [m for _, m in group], settings.max_new_tokens, settings.sampling, args.batch_size,
-                settings.chat_template_kwargs,
-            )
-            done.extend((key, reply) for (key, _), reply in zip(group, replies))
-    model.close()
-    return dict(gather_object(done))
-
-
-def judge_pairs(judge, pairs: list[dict]) -> list[dict]:
-    """Judge each pair twice (policy first, then baseline first) and build its judgment record.
-
-    Pairs whose judge call failed (None) are left out, to be retried by the next run.
-    """
-    conversations = []
-    for pair in pairs:
-        request, policy, baseline = pair["prompt"], pair["policy_response"], pair["baseline_response"]
-        conversations.append(judge_messages(pair["persona"], request, policy, baseline))
-        conversations.append(judge_messages(pair["persona"], request, baseline, policy))
-    texts = judge.complete(conversations)
-    records = []
-    for i, pair in enumerate(pairs):
-        raw = [texts[2 * i], texts[2 * i + 1]]
-        if None in raw:
-            continue
-        verdicts = [parse_verdict(t) for t in raw]
-        outcomes = [outcome_for_policy(verdicts[0], "A"), outcome_for_policy(verdicts[1], "B")]
-        records.append({**pair, "verdicts": verdicts, "outcomes": outcomes, "outcome": resolve_pair(*outcomes),
-                        "raw_judgments": raw})
-    return records
 
 
 def run_judging(args: EvalArguments, pairs: list[dict], judgments_path: Path, claude: Optional[ClaudeJudge]) -> int:
@@ -738,49 +398,8 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
 
     pending = {plan.step: [i for i, key in enumerate(plan.pair_keys) if key not in judged] for plan in plans}
     logger.info("Pairs to judge: %s (already judged pairs are skipped)", {s: len(p) for s, p in pending.items()})
-
-    jobs = {}
-    for plan in plans:
-        for i in pending[plan.step]:
-            key = baseline_key(args.baseline, plan.generation, plan.prompts[i])
-            if key not in baseline_cache:
-                jobs[key] = (key, plan.prompts[i], plan.generation)
-    if jobs:
-        logger.info("Baseline %s: %d responses to write", args.baseline, len(jobs))
-        fresh = sharded_generate(args.baseline, list(jobs.values()), args)
-        records = [
-            {"key": key, "baseline": args.baseline, "generation": jobs[key][2].as_dict(), "prompt": jobs[key][1],
-             "response": response}
-            for key, response in fresh.items()
-        ]
-        baseline_cache.update({r["key"]: r for r in records})
-        if state.is_main_process:
-            append_jsonl(Path(args.baseline_cache), records)
-
-    pairs = []
-    for plan in plans:
-        if not pending[plan.step]:
-            continue
-        logger.info("Checkpoint %s: %d responses to write", plan.path, len(pending[plan.step]))
-        policy_jobs = [(plan.pair_keys[i], plan.prompts[i], plan.generation) for i in pending[plan.step]]
-        responses = sharded_generate(str(plan.path), policy_jobs, args)
-        for i in pending[plan.step]:
-            messages = plan.prompts[i]
-            pairs.append({
-                "key": plan.pair_keys[i],
-                "step": plan.step,
-                "checkpoint": plan.path.name,
-                "style": plan.style,
-                "persona": plan.persona,
-                "baseline": args.baseline,
-                "judge": args.judge,
-                "judge_model": args.judge_model,
-                "generation": plan.generation.as_dict(),
-                "messages": messages,
-                "prompt": last_user_text(messages),
-                "policy_response": responses[plan.pair_keys[i]],
-                "baseline_response": baseline_cache[baseline_key(args.baseline, plan.generation, messages)]["response"],
-            })
+    write_baseline_responses(args, plans, pending, baseline_cache, state.is_main_process)
+    pairs = [pair for plan in plans for pair in pairs_to_judge(args, plan, pending[plan.step], baseline_cache)]
 
     failed = run_judging(args, pairs, judgments_path, claude) if pairs else 0
     if not state.is_main_process:
@@ -796,12 +415,55 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reports
-# ---------------------------------------------------------------------------------------------------------------
+def write_baseline_responses(args: EvalArguments, plans: list[CheckpointPlan], pending: dict[int, list[int]],
+                             cache: dict[str, dict], write: bool) -> None:
+    """The baseline's response to every pending prompt not in the cache, added to it (and to its file if `write`)."""
+    jobs = {}
+    for plan in plans:
+        for i in pending[plan.step]:
+            key = baseline_key(args.baseline, plan.generation, plan.prompts[i])
+            if key not in cache:
+                jobs[key] = (key, plan.prompts[i], plan.generation)
+    if not jobs:
+        return
+    logger.info("Baseline %s: %d responses to write", args.baseline, len(jobs))
+    fresh = sharded_generate(args.baseline, list(jobs.values()), args)
+    records = [
+        {"key": key, "baseline": args.baseline, "generation": jobs[key][2].as_dict(), "prompt": jobs[key][1],
+         "response": response}
+        for key, response in fresh.items()
+    ]
+    cache.update({r["key"]: r for r in records})
+    if write:
+        append_jsonl(Path(args.baseline_cache), records)
 
-TABLE_COLUMNS = ("step", "interactions", "checkpoint", "style", "pairs", "wins", "losses", "ties", "invalid", "win_rate", "stderr",
-                 "tie_rate", "baseline", "judge_model")
+
+def pairs_to_judge(args: EvalArguments, plan: CheckpointPlan, pending: list[int], baseline: dict[str, dict]) -> list:
+    """The checkpoint's response to each pending prompt, next to the baseline's: one record per pair to judge."""
+    if not pending:
+        return []
+    logger.info("Checkpoint %s: %d responses to write", plan.path, len(pending))
+    responses = sharded_generate(str(plan.path), [(plan.pair_keys[i], plan.prompts[i], plan.generation)
+                                                  for i in pending], args)
+    pairs = []
+    for i in pending:
+        messages = plan.prompts[i]
+        pairs.append({
+            "key": plan.pair_keys[i],
+            "step": plan.step,
+            "checkpoint": plan.path.name,
+            "style": plan.style,
+            "persona": plan.persona,
+            "baseline": args.baseline,
+            "judge": args.judge,
+            "judge_model": args.judge_model,
+            "generation": plan.generation.as_dict(),
+            "messages": messages,
+            "prompt": last_user_text(messages),
+            "policy_response": responses[plan.pair_keys[i]],
+            "baseline_response": baseline[baseline_key(args.baseline, plan.generation, messages)]["response"],
+        })
+    return pairs
 
 
 def table_row(plan: CheckpointPlan, result: WinRate, args: EvalArguments) -> dict:
@@ -822,93 +484,6 @@ def table_row(plan: CheckpointPlan, result: WinRate, args: EvalArguments) -> dic
         "judge_model": args.judge_model,
     }
 
-
-def _fmt(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    lines = [
-        "| step | interactions | pairs | wins | losses | ties | invalid | win rate ± s.e. | tie rate |",
-        "|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
-    ]
-    for r in rows:
-        rate = "n/a" if math.isnan(r["win_rate"]) else f"{r['win_rate']:.3f} ± {r['stderr']:.3f}"
-        interactions = "n/a" if r["interactions"] is None else r["interactions"]
-        lines.append(
-            f"| {r['step']} | {interactions} | {r['pairs']} | {r['wins']} | {r['losses']} | {r['ties']} | {r['invalid']} | {rate} | "
-            f"{_fmt(r['tie_rate'])} |"
-        )
-    first = rows[0]
-    caption = (
-        f"Win rate of each checkpoint against `{first['baseline']}`, judged by `{first['judge_model']}` as the "
-        f"`{first['style']}` user; wins / (wins + losses), ties excluded, s.e. = sqrt(p(1-p)/(wins + losses)); "
-        "tie rate among pairs with a valid verdict. Interactions: answers the simulated user had replied to when "
-        "the checkpoint was saved, over all processes."
-    )
-    return caption + "\n\n" + "\n".join(lines) + "\n"
-
-
-def csv_table(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if v is None or isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    return buffer.getvalue()
-
-
-def step_label(row: dict) -> str:
-    return str(row["step"]) if row["interactions"] is None else f"{row['step']}\n({row['interactions']})"
-
-
-def plot_win_rates(rows: list[dict], path: Path) -> None:
-    """Win rate against step with standard-error bars, the tie rate beside it, and the 0.5 parity line (PNG).
-
-    The tie rate is drawn too because a position-biased judge turns pairs into ties, not into losses: a flat
-    win rate over a rising tie rate means the judge, not the policy, decided.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    decisive = [r for r in rows if not math.isnan(r["win_rate"])]
-    tied = [r for r in rows if not math.isnan(r["tie_rate"])]
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="parity")
-    if decisive:
-        ax.errorbar(
-            [r["step"] for r in decisive], [r["win_rate"] for r in decisive], yerr=[r["stderr"] for r in decisive],
-            marker="o", capsize=4, label="win rate (ties excluded)",
-        )
-    else:
-        ax.text(0.5, 0.6, "no decisive pair: win rate undefined", transform=ax.transAxes, ha="center", fontsize=8)
-    if tied:
-        ax.plot([r["step"] for r in tied], [r["tie_rate"] for r in tied], marker="s", linestyle=":",
-                color="tab:grey", label="tie rate")
-    ax.set_xticks([r["step"] for r in rows])
-    ax.set_xticklabels([step_label(r) for r in rows], fontsize=7)
-    ax.set_ylim(-0.03, 1.05)
-    ax.set_xlabel("checkpoint step (interactions)")
-    ax.set_ylabel("rate vs baseline")
-    judge = rows[0]["judge_model"].rstrip("/").split("/")[-1]
-    baseline = rows[0]["baseline"].rstrip("/").split("/")[-1]
-    ax.set_title(f"baseline {baseline}\njudge {judge} as the {rows[0]['style']} user", fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    png = io.BytesIO()
-    try:
-        fig.savefig(png, format="png")
-    finally:
-        plt.close(fig)
-    write_atomic(path, png.getvalue())
-
-
-def write_reports(rows: list[dict], out_dir: Path) -> None:
-    write_atomic(out_dir / f"{TABLE_NAME}.md", markdown_table(rows))
-    write_atomic(out_dir / f"{TABLE_NAME}.csv", csv_table(rows))
-    plot_win_rates(rows, out_dir / PLOT_NAME)
 
 
 def main(args: EvalArguments) -> None:

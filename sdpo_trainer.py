@@ -31,7 +31,6 @@ from trl.trainer.utils import RepeatSampler, pad
 
 from prompts import last_user_text, with_last_user_text
 from run_files import (
-    RUN_SETTINGS_NAME,
     append_jsonl,
     filter_jsonl,
     latest_complete_checkpoint,

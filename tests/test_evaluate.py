@@ -20,21 +20,14 @@ from transformers import AutoTokenizer
 from trl import TrlParser
 
 import evaluate
-from evaluate import (
-    EvalArguments,
-    WinRate,
-    append_jsonl,
-    judge_messages,
-    outcome_for_policy,
-    parse_verdict,
-    read_jsonl_by_key,
-    resolve_pair,
-    summarize,
-)
+import generation
+import judging
+from evaluate import EvalArguments, read_jsonl_by_key
+from judging import WinRate, judge_messages, outcome_for_policy, parse_verdict, resolve_pair, summarize
 from messages_server import SAMPLING_API_VERSION, MessagesServer
 from personas import STYLE_PERSONAS
 from prompts import SYSTEM_PROMPTS, prompt_messages
-from run_files import RUN_SETTINGS_NAME
+from run_files import RUN_SETTINGS_NAME, append_jsonl
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from user_simulator import UserSimulator
 
@@ -230,20 +223,20 @@ def no_model_loads(monkeypatch):
     def refuse(self, name_or_path, *args, **kwargs):
         raise AssertionError(f"a model was loaded: {name_or_path}")
 
-    monkeypatch.setattr(evaluate.ChatModel, "__init__", refuse)
+    monkeypatch.setattr(generation.ChatModel, "__init__", refuse)
 
 
 @pytest.fixture
 def judge_calls(monkeypatch):
     """Counts the conversations the local judge answers (the real judge still answers them)."""
     calls = []
-    original = evaluate.LocalJudge.complete
+    original = judging.LocalJudge.complete
 
     def counting(self, conversations):
         calls.append(len(conversations))
         return original(self, conversations)
 
-    monkeypatch.setattr(evaluate.LocalJudge, "complete", counting)
+    monkeypatch.setattr(judging.LocalJudge, "complete", counting)
     return calls
 
 
@@ -352,14 +345,14 @@ def test_claude_judge_sends_persona_and_both_orders_and_skips_failed_pairs(claud
         run_dir=str(REPO), data_path=str(REPO / "README.md"), judge="claude", claude_max_retries=0,
         judge_max_new_tokens=7,
     )
-    judge = evaluate.ClaudeJudge(args)
+    judge = judging.ClaudeJudge(args)
     pairs = [
         {"style": STYLE, "persona": STYLE_PERSONAS[STYLE], "prompt": "Fix my bike?", "policy_response": "Pump tyres.",
          "baseline_response": "A much longer text."},
         {"style": STYLE, "persona": STYLE_PERSONAS[STYLE], "prompt": "ID:bad Oil?", "policy_response": "Yes, oil it well.", "baseline_response": "Yes."},
     ]
     claude_env.add_fault("bad", "server_error", times=1)  # the first request of the second pair fails for good
-    records = evaluate.judge_pairs(judge, pairs)
+    records = judging.judge_pairs(judge, pairs)
     assert len(records) == 1 and records[0]["prompt"] == "Fix my bike?"
     assert records[0]["raw_judgments"] == ["The better response is A.", "The better response is B."]
     assert records[0]["verdicts"] == ["A", "B"] and records[0]["outcome"] == "win"

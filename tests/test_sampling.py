@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, GenerationConfig
 from transformers.generation.utils import GenerationMixin
 
-from evaluate import ChatModel
+from generation import ChatModel
 from prompts import SYSTEM_PROMPTS, prompt_messages
 from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer

@@ -1,0 +1,119 @@
+"""Local generation of the responses an evaluation compares: a checkpoint's, the baseline's, a local judge's.
+
+Greedy unless asked otherwise, and always exactly as configured (sampling.py), split across processes under
+`accelerate launch` and gathered to every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+from sampling import Sampling, generate_exactly
+
+
+def stable_key(*parts) -> str:
+    """A hash of JSON-serialisable parts: the identity of a cached response or of a judged pair."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a response is written. Part of every cache and pair key, so changing one never reuses stale work."""
+
+    system_prompt: str
+    chat_template_kwargs: dict
+    max_new_tokens: int
+    sampling: Sampling
+    seed: int
+
+    def as_dict(self) -> dict:
+        return {
+            "system_prompt": self.system_prompt,
+            "chat_template_kwargs": self.chat_template_kwargs,
+            "max_new_tokens": self.max_new_tokens,
+            "sampling": self.sampling.as_dict(),
+            "seed": self.seed,
+        }
+
+
+class ChatModel:
+    """A local causal LM that answers chat conversations in batches, on this process's device."""
+
+    def __init__(self, name_or_path: str, dtype: str = "auto"):
+        import torch
+        from accelerate import PartialState
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name_or_path = str(name_or_path)
+        self.device = PartialState().device
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(self.device).eval()
+
+    def generate(
+        self,
+        conversations: Sequence[list[dict]],
+        max_new_tokens: int,
+        sampling: Sampling,
+        batch_size: int,
+        chat_template_kwargs: dict,
+    ) -> list[str]:
+        """Replies decoded exactly with `sampling` (greedy at temperature 0), whatever the model folder's defaults."""
+        import torch
+
+        config = sampling.generation_config(max_new_tokens, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+        replies: list[str] = []
+        for start in range(0, len(conversations), batch_size):
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    m, tokenize=False, add_generation_prompt=True, **chat_template_kwargs
+                )
+                for m in conversations[start : start + batch_size]
+            ]
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            with torch.no_grad():
+                output = generate_exactly(self.model, batch, config)
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return replies
+
+    def close(self) -> None:
+        """Free the weights before the next model loads (one 8B model per GPU at a time)."""
+        import gc
+
+        import torch
+
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def sharded_generate(model_path: str, jobs: list[tuple[str, list[dict], GenerationSettings]], args) -> dict[str, str]:
+    """Responses for (key, messages, settings) jobs, split across processes and gathered on every process."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from transformers import set_seed
+
+    state = PartialState()
+    model = ChatModel(model_path, args.dtype)
+    done: list[tuple[str, str]] = []
+    with state.split_between_processes(jobs) as mine:
+        by_settings: dict[str, tuple[GenerationSettings, list[tuple[str, list[dict]]]]] = {}
+        for key, messages, settings in mine:
+            by_settings.setdefault(stable_key(settings.as_dict()), (settings, []))[1].append((key, messages))
+        for settings, group in by_settings.values():
+            set_seed(settings.seed + state.process_index)
+            replies = model.generate(
+                [m for _, m in group], settings.max_new_tokens, settings.sampling, args.batch_size,
+                settings.chat_template_kwargs,
+            )
+            done.extend((key, reply) for (key, _), reply in zip(group, replies))
+    model.close()
+    return dict(gather_object(done))

@@ -1,0 +1,234 @@
+"""The judge: its prompt, how its verdicts are read, swap-and-tie resolution, win rates, and the two judges.
+
+A judge plays the run's user persona and compares two responses, labelled A and B; every pair is judged in both
+orders. Everything here but the two judge classes is pure and checked by hand in tests/test_evaluate.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+from generation import ChatModel
+from sampling import Sampling
+
+logger = logging.getLogger(__name__)
+
+JUDGE_SYSTEM_TEMPLATE = (
+    "You are a user who asked an AI assistant for something and got two candidate responses, A and B.\n"
+    "Your persona: {persona}\n\n"
+    "Judge the responses only by how well each one suits you, the user described above. Answer with a single "
+    "letter: A if you prefer response A, B if you prefer response B, or C if you like them equally."
+)
+JUDGE_TURN_TEMPLATE = (
+    'My request:\n"""\n{request}\n"""\n\n'
+    "[Response A]\n{response_a}\n[End of response A]\n\n"
+    "[Response B]\n{response_b}\n[End of response B]\n\n"
+    "Which response do I prefer, A or B? (C means a tie.) Reply with the letter only."
+)
+
+
+def judge_messages(persona: str, request: str, response_a: str, response_b: str) -> list[dict[str, str]]:
+    """The judge's conversation: the persona as system prompt, the request and both labelled responses as user turn."""
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM_TEMPLATE.format(persona=persona)},
+        {
+            "role": "user",
+            "content": JUDGE_TURN_TEMPLATE.format(request=request, response_a=response_a, response_b=response_b),
+        },
+    ]
+
+
+_THINK_BLOCK = re.compile(r"<think>.*?(</think>|\Z)", re.S)
+# "A, B, or C", "A or B", "A/B": the choices listed back (often echoing the question), never a verdict.
+_ENUMERATION = re.compile(r"\b[ABC](?:\s*(?:,|/|\bor\b|\band\b)\s*(?:or\s+|and\s+)?[ABC])+\b")
+_OPEN = r"[\s*_\"'`(\[{<]*"
+_CLOSE = r"[\s*_\"'`)\]}>.!:]*"
+# Tier 1: the reply is the letter, or starts with it ("B", "**B**", "[[A]]", "B. It is shorter", "A is better").
+_BARE = re.compile(_OPEN + r"([ABCabc])" + _CLOSE)
+_LEADING = re.compile(r"\A" + _OPEN + r"([ABC])(?=" + _CLOSE + r"(?:\n|\Z)|[.:,)!]|\s+(?:is|wins)\b|\s*\()")
+# Tier 2: a decisive phrase names the letter ("The better response is B", "I prefer A", "Verdict: C").
+_DECISIVE = re.compile(
+    r"(?i:\b(?:verdict|answer|choice|winner|pick|prefer|preference|better|best)(?:\s+(?:response|answer|one|option))?)"
+    r"\s*(?:(?i:is|would be|:|-|=)\s*)*(?:(?i:response|answer|option)\s+)?" + r"[*_\"'`(\[]*([ABC])\b"
+)
+_DECISIVE_TIE = re.compile(r"(?i)\bit'?s a tie\b|\b(?:verdict|answer)\s*(?:is|:)\s*(?:a\s+)?tie\b")
+# Tier 3: a single response named anywhere ("Response B suits me"), or the word "tie".
+_MENTION = re.compile(r"(?i:\b(?:response|answer|option))\s+[*_\"'`(\[]*([ABC])\b")
+_TIE = re.compile(r"(?i)\btie\b|\bequally good\b")
+
+
+def parse_verdict(text: Optional[str]) -> Optional[str]:
+    """The judge's verdict, "A", "B" or "C" (tie), or None when the text names none or names several.
+
+    Rules from the strictest to the loosest; the first rule that finds something decides, and a rule that finds
+    two different letters makes the verdict unparseable rather than guessing.
+    """
+    if not text:
+        return None
+    text = _THINK_BLOCK.sub("", text).strip()
+    if not text:
+        return None
+    lines = text.splitlines()
+    for candidate in (text, lines[0]):
+        match = _BARE.fullmatch(candidate)
+        if match:
+            return match.group(1).upper()
+    text = _ENUMERATION.sub(" ", text)
+    tiers = (
+        {m.group(1) for m in _LEADING.finditer(text)},
+        {m.group(1) for m in _DECISIVE.finditer(text)} | ({"C"} if _DECISIVE_TIE.search(text) else set()),
+        {m.group(1) for m in _MENTION.finditer(text)} | ({"C"} if _TIE.search(text) else set()),
+    )
+    for letters in tiers:
+        if letters:
+            return letters.pop() if len(letters) == 1 else None
+    return None
+
+
+def outcome_for_policy(verdict: Optional[str], policy_label: str) -> Optional[str]:
+    """"win", "loss" or "tie" for the policy whose response was labelled `policy_label`; None for no verdict."""
+    if verdict is None:
+        return None
+    if verdict == "C":
+        return "tie"
+    return "win" if verdict == policy_label else "loss"
+
+
+def resolve_pair(first: Optional[str], second: Optional[str]) -> str:
+    """Combine the outcomes of the two position-swapped judgments of one pair.
+
+    Agreement stands; disagreement (position bias, or a genuinely close call) is a tie; a missing verdict on
+    either side makes the pair "invalid", which is reported and never folded into the ties.
+    """
+    if first is None or second is None:
+        return "invalid"
+    return first if first == second else "tie"
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """Counts over a checkpoint's pairs. `win_rate` and `stderr` are NaN when no pair was decisive."""
+
+    pairs: int
+    wins: int
+    losses: int
+    ties: int
+    invalid: int
+
+    @property
+    def decisive(self) -> int:
+        return self.wins + self.losses
+
+    @property
+    def win_rate(self) -> float:
+        return self.wins / self.decisive if self.decisive else math.nan
+
+    @property
+    def stderr(self) -> float:
+        """Binomial standard error sqrt(p(1-p)/n) over the n decisive pairs."""
+        p = self.win_rate
+        return math.sqrt(p * (1 - p) / self.decisive) if self.decisive else math.nan
+
+    @property
+    def tie_rate(self) -> float:
+        """Ties among the pairs with a valid verdict (invalid pairs are counted apart)."""
+        valid = self.pairs - self.invalid
+        return self.ties / valid if valid else math.nan
+
+
+def summarize(outcomes: Iterable[str]) -> WinRate:
+    outcomes = list(outcomes)
+    unknown = set(outcomes) - {"win", "loss", "tie", "invalid"}
+    if unknown:
+        raise ValueError(f"Unknown pair outcomes {sorted(unknown)}")
+    return WinRate(
+        pairs=len(outcomes),
+        wins=outcomes.count("win"),
+        losses=outcomes.count("loss"),
+        ties=outcomes.count("tie"),
+        invalid=outcomes.count("invalid"),
+    )
+
+
+class LocalJudge:
+    """A local chat model as judge (Qwen3-8B in the paper's TL;DR setting), greedy by default."""
+
+    def __init__(self, model_name_or_path: str, args):
+        self.chat = ChatModel(model_name_or_path, args.dtype)
+        self.args = args
+
+    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+        return self.chat.generate(
+            conversations,
+            self.args.judge_max_new_tokens,
+            Sampling(temperature=self.args.judge_temperature),
+            self.args.judge_batch_size,
+            self.args.chat_template_kwargs,
+        )
+
+    def close(self) -> None:
+        self.chat.close()
+
+
+class ClaudeJudge:
+    """Claude as judge (Haiku 4.5 in the paper's HelpSteer2 setting) through the simulator's concurrent client.
+
+    A request that still fails after the SDK's retries answers None: its pair is not recorded, so a re-run
+    asks again instead of storing a failure as a verdict.
+    """
+
+    def __init__(self, args):
+        from chat_clients import ClaudeMessagesClient
+
+        self.args = args
+        self.client = ClaudeMessagesClient(
+            max_concurrency=args.claude_max_concurrency,
+            timeout=args.claude_timeout,
+            max_retries=args.claude_max_retries,
+        )
+
+    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+        from chat_clients import MessagesRequest
+
+        requests = [
+            MessagesRequest.from_chat(
+                self.args.judge_model, chat, max_tokens=self.args.judge_max_new_tokens,
+                temperature=self.args.judge_temperature,
+            )
+            for chat in conversations
+        ]
+        results = self.client.create_many(requests)
+        errors = [r.error for r in results if not r.ok]
+        if errors:
+            logger.warning("%d/%d Claude judge requests failed (first: %s)", len(errors), len(results), errors[0])
+        return [r.text if r.ok else None for r in results]
+
+    def close(self) -> None:
+        pass
+
+
+def judge_pairs(judge, pairs: list[dict]) -> list[dict]:
+    """Judge each pair twice (policy first, then baseline first) and build its judgment record.
+
+    Pairs whose judge call failed (None) are left out, to be retried by the next run.
+    """
+    conversations = []
+    for pair in pairs:
+        request, policy, baseline = pair["prompt"], pair["policy_response"], pair["baseline_response"]
+        conversations.append(judge_messages(pair["persona"], request, policy, baseline))
+        conversations.append(judge_messages(pair["persona"], request, baseline, policy))
+    texts = judge.complete(conversations)
+    records = []
+    for i, pair in enumerate(pairs):
+        raw = [texts[2 * i], texts[2 * i + 1]]
+        if None in raw:
+            continue
+        verdicts = [parse_verdict(t) for t in raw]
+        outcomes = [outcome_for_policy(verdicts[0], "A"), outcome_for_policy(verdicts[1], "B")]
+        records.append({**pair, "verdicts": verdicts, "outcomes": outcomes, "outcome": resolve_pair(*outcomes),
+                        "raw_judgments": raw})
+    return records
