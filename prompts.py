@@ -87,3 +87,15 @@ def load_prompt_dataset(
         raise ValueError(f"{path}: no prompts left after filtering (max_prompt_tokens={max_prompt_tokens})")
     data = data.shuffle(seed=seed)
     return data.select(range(min(n, len(data)))) if n is not None else data
+
+
+def prompt_token_limit(max_prompt_tokens: Optional[int], max_prompt_length: Optional[int]) -> Optional[int]:
+    """TRL cuts prompts longer than max_prompt_length (its generation prompt included), so drop them instead."""
+    if max_prompt_tokens is None:
+        return max_prompt_length
+    if max_prompt_length is not None and max_prompt_tokens > max_prompt_length:
+        raise ValueError(
+            f"--max_prompt_tokens {max_prompt_tokens} exceeds --max_prompt_length {max_prompt_length}: longer "
+            "prompts would be truncated at generation; raise --max_prompt_length or lower --max_prompt_tokens"
+        )
+    return max_prompt_tokens

@@ -155,3 +155,17 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]
 def latest_complete_checkpoint(output_dir: str | os.PathLike) -> Optional[str]:
     complete = complete_checkpoints(output_dir)
     return str(complete[-1][1]) if complete else None
+
+
+def resolve_checkpoint(value: Optional[str], output_dir: str) -> Optional[str]:
+    """`last` means the newest complete checkpoint in output_dir; anything else must be an existing folder."""
+    if value is None:
+        return None
+    if value == "last":
+        checkpoint = latest_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in {output_dir}")
+        return checkpoint
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"--resume_from_checkpoint: no such folder: {value}")
+    return value

@@ -581,8 +581,6 @@ class OnlineSDPOTrainer(GRPOTrainer):
     # -- generation, feedback, teacher pass -------------------------------------------------------------------
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        mode = "train" if self.model.training else "eval"
-        device = self.accelerator.device
         if self.user_simulator is None:
             raise ValueError("OnlineSDPOTrainer needs a user_simulator to train or evaluate")
         if not is_conversational(inputs[0]) or "image" in inputs[0] or "images" in inputs[0]:
@@ -593,8 +591,15 @@ class OnlineSDPOTrainer(GRPOTrainer):
         batch = self._generate_answers(messages)
 
         # 2. The simulated user's reply to each (request, answer), on this process, for this process's samples.
+        feedback, simulator_seconds = self._ask_user([last_user_text(m) for m in messages], batch["completion_text"])
+        return self._score_with_feedback(inputs, messages, batch, feedback, simulator_seconds)
+
+    def _score_with_feedback(self, inputs, messages, batch: dict[str, Any], feedback: list[str],
+                             simulator_seconds: float) -> dict[str, Any]:
+        """Steps 3 to 5, the same online and offline: hindsight contexts, teacher pass, extra passes, metrics."""
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
         requests = [last_user_text(m) for m in messages]
-        feedback, simulator_seconds = self._ask_user(requests, batch["completion_text"])
         has_feedback = torch.tensor([bool(o.strip()) for o in feedback], device=device)
         if mode == "train":
             self._count_interactions(has_feedback)
@@ -651,6 +656,26 @@ class OnlineSDPOTrainer(GRPOTrainer):
             "student_context": self.tokenizer.batch_decode(prompt_ids_list),
         }
 
+    def _fixed_answers(self, messages: list[list[dict[str, str]]], completions: list[str]) -> dict[str, Any]:
+        """The batch of `_generate_answers` for answers given as text (logged, or chosen for analysis), EOS appended
+        so that ending the answer is scored too."""
+        student_texts = [self._render(m) for m in messages]
+        prompt_ids, prompt_mask = self._left_padded(student_texts)
+        eos = self.tokenizer.eos_token
+        answer_ids = self.tokenizer([c + eos for c in completions], add_special_tokens=False)["input_ids"]
+        completion_ids, completion_mask = self._pad_rows(answer_ids, "right")
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "num_items_in_batch": completion_mask.sum(),
+            "sampling_logps": None,
+            "completion_ids_list": answer_ids,
+            "completion_text": list(completions),
+            "student_context": student_texts,
+        }
+
     def _ask_user(self, requests: list[str], completions: list[str]) -> tuple[list[str], float]:
         start = time.perf_counter()
         feedback = self.user_simulator.generate_feedback(requests, completions)
@@ -695,7 +720,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
         In evaluation the batch is neither split nor accumulated and each process's loss is averaged afterwards, so
         local counts serve.
         """
-        counted = completion_mask * has_feedback.long().unsqueeze(1)
+        counted = self._loss_mask(completion_mask, has_feedback)
         counts = torch.stack([(counted.sum(dim=1) > 0).sum(), counted.sum()]).float()
         if self.model.training:
             counts = self.accelerator.reduce(counts, reduction="sum")
@@ -728,7 +753,8 @@ class OnlineSDPOTrainer(GRPOTrainer):
         metrics["user_sim/feedback_tokens"].append(gather(feedback_tokens).mean().item())
         metrics["hindsight/shortened_frac"].append(gather(torch.tensor(shortened, device=device).float()).mean().item())
         metrics["hindsight/teacher_prompt_tokens"].append(gather(teacher_lengths.float()).mean().item())
-        for key, value in sorted(self.user_simulator.pop_metrics().items()):
+        simulator_metrics = self.user_simulator.pop_metrics() if hasattr(self.user_simulator, "pop_metrics") else {}
+        for key, value in sorted(simulator_metrics.items()):
             # Fractions are averaged over processes; counts, tokens and costs are totals for the step.
             reduced = gather(torch.tensor(float(value), device=device))
             metrics[f"user_sim/{key}"].append((reduced.mean() if key.endswith("_frac") else reduced.sum()).item())
@@ -756,16 +782,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
             inputs.get("sequence_baseline"),
         )
 
-        per_token_loss, ratio = ppo_clip_token_loss(
-            logps,
-            old_logps,
-            advantages,
-            self.epsilon_low,
-            self.epsilon_high,
-            self.args.delta,
-            sequence_level_ratio=self.importance_sampling_level == "sequence",
-            mask=completion_mask,
-        )
+        per_token_loss, ratio = self._per_token_policy_loss(logps, old_logps, advantages, completion_mask)
         if self.top_entropy_quantile < 1.0:
             per_token_loss = per_token_loss * self.get_high_entropy_mask(
                 entropies, completion_mask, 1 - self.top_entropy_quantile
@@ -776,8 +793,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
             ref = inputs["ref_per_token_logps"]
             per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
             per_token_loss = per_token_loss + self.beta * per_token_kl
-        # Answers without feedback are left out entirely, the KL term included.
-        with_feedback = completion_mask * inputs["has_feedback"].long().unsqueeze(1)
+        with_feedback = self._loss_mask(completion_mask, inputs["has_feedback"])
         normalizer = inputs["loss_normalizer"]
         if self.model.training:
             normalizer = micro_batch_normalizer(
@@ -794,6 +810,17 @@ class OnlineSDPOTrainer(GRPOTrainer):
         if mode == "train" and self.args.token_log_samples > 0:
             self._collect_token_log(inputs, old_logps, signal)
         return loss
+
+    def _loss_mask(self, completion_mask: torch.Tensor, has_feedback: torch.Tensor) -> torch.Tensor:
+        """The tokens the loss averages over: answers without feedback are left out entirely, the KL term too."""
+        return completion_mask * has_feedback.long().unsqueeze(1)
+
+    def _per_token_policy_loss(self, logps, old_logps, advantages, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online: PPO's clipped surrogate with the per-token advantage. Returns (loss, importance ratio)."""
+        return ppo_clip_token_loss(
+            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, self.args.delta,
+            sequence_level_ratio=self.importance_sampling_level == "sequence", mask=mask,
+        )
 
     def _log_mean(self, mode: str, key: str, value: torch.Tensor) -> None:
         self._metrics[mode][key].append(self.accelerator.gather(value.detach()).nanmean().item())
@@ -859,6 +886,10 @@ class OnlineSDPOTrainer(GRPOTrainer):
 
     # -- run files ---------------------------------------------------------------------------------------------
 
+    def _check_feedback_source(self) -> None:
+        if self.user_simulator is None:
+            raise ValueError("OnlineSDPOTrainer.train needs a user_simulator")
+
     def sdpo_settings(self) -> dict:
         """What an evaluation needs to reproduce this run's prompts, sampling and user; contains no secret.
 
@@ -886,8 +917,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
         }
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if self.user_simulator is None:
-            raise ValueError("OnlineSDPOTrainer.train needs a user_simulator")
+        self._check_feedback_source()
         if resume_from_checkpoint is True:
             resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
@@ -905,6 +935,19 @@ class OnlineSDPOTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def save_final(self) -> Optional[int]:
+        """After `train`: save the model and trainer state, or, if a signal stopped the run (its checkpoint is saved
+        already), return the exit code the process should end with."""
+        stop = self.graceful_stop
+        if stop.stopped_at_step is not None:
+            logger.warning("Stopped by a signal at step %d, checkpoint saved; continue with --resume_from_checkpoint "
+                           "last", stop.stopped_at_step)
+            return stop.exit_code
+        self.save_model(self.args.output_dir)
+        self.save_state()  # trainer_state.json: the metrics of every logging step
+        logger.info("Model: %s; token log: %s", self.args.output_dir, self.token_log_path)
+        return None
+
     # -- analysis ----------------------------------------------------------------------------------------------
 
     def score_signal(
@@ -916,11 +959,10 @@ class OnlineSDPOTrainer(GRPOTrainer):
         """
         if not (len(prompts) == len(completions) == len(feedbacks)):
             raise ValueError("prompts, completions and feedbacks must have the same length")
-        eos = self.tokenizer.eos_token
-        student_texts = [self._render(m) for m in prompts]
-        prompt_ids, prompt_mask = self._left_padded(student_texts)
-        answer_ids = self.tokenizer([c + eos for c in completions], add_special_tokens=False)["input_ids"]
-        completion_ids, completion_mask = self._pad_rows(answer_ids, "right")
+        batch = self._fixed_answers(prompts, completions)
+        prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+        completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+        student_texts = batch["student_context"]
         teacher_texts = [self.teacher_context(m, o)[0] for m, o in zip(prompts, feedbacks)]
         was_training = self.model.training
         self.model.eval()

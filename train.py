@@ -19,8 +19,8 @@ from transformers import AutoTokenizer
 from trl import TrlParser
 
 from personas import persona_catalogue, resolve_style
-from prompts import SYSTEM_PROMPTS, load_prompt_dataset
-from run_files import latest_complete_checkpoint
+from prompts import SYSTEM_PROMPTS, load_prompt_dataset, prompt_token_limit
+from run_files import resolve_checkpoint
 from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from chat_clients import DEFAULT_CLAUDE_MODEL
@@ -149,32 +149,6 @@ def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> U
     )
 
 
-def resolve_checkpoint(value: Optional[str], output_dir: str) -> Optional[str]:
-    """`last` means the newest complete checkpoint in output_dir; anything else must be an existing folder."""
-    if value is None:
-        return None
-    if value == "last":
-        checkpoint = latest_complete_checkpoint(output_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in {output_dir}")
-        return checkpoint
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"--resume_from_checkpoint: no such folder: {value}")
-    return value
-
-
-def prompt_token_limit(max_prompt_tokens: Optional[int], max_prompt_length: Optional[int]) -> Optional[int]:
-    """TRL cuts prompts longer than max_prompt_length (its generation prompt included), so drop them instead."""
-    if max_prompt_tokens is None:
-        return max_prompt_length
-    if max_prompt_length is not None and max_prompt_tokens > max_prompt_length:
-        raise ValueError(
-            f"--max_prompt_tokens {max_prompt_tokens} exceeds --max_prompt_length {max_prompt_length}: longer "
-            "prompts would be truncated at generation; raise --max_prompt_length or lower --max_prompt_tokens"
-        )
-    return max_prompt_tokens
-
-
 def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
@@ -216,14 +190,9 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
         },
     )
     trainer.train(resume_from_checkpoint=resume)
-    stop = trainer.graceful_stop
-    if stop.stopped_at_step is not None:
-        logger.warning("Stopped by a signal at step %d, checkpoint saved; continue with --resume_from_checkpoint last",
-                       stop.stopped_at_step)
-        raise SystemExit(stop.exit_code)
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()  # trainer_state.json: the metrics of every logging step
-    logger.info("Model: %s; token log: %s", training_args.output_dir, trainer.token_log_path)
+    exit_code = trainer.save_final()
+    if exit_code is not None:
+        raise SystemExit(exit_code)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ from trl import TrlParser
 
 import train
 from sdpo_trainer import OnlineSDPOConfig
-from prompts import load_prompt_dataset, prompt_messages
-from train import ScriptArguments, resolve_checkpoint
+from prompts import load_prompt_dataset, prompt_messages, prompt_token_limit
+from run_files import resolve_checkpoint
+from train import ScriptArguments
 
 
 def write_jsonl(path, rows):
@@ -137,11 +138,11 @@ def test_unknown_system_prompt_lists_the_choices(prompts_file, tmp_path, capsys)
 
 
 def test_prompt_limit_defaults_to_the_generation_limit_and_may_not_exceed_it():
-    assert train.prompt_token_limit(None, 512) == 512
-    assert train.prompt_token_limit(300, 512) == 300
-    assert train.prompt_token_limit(None, None) is None
+    assert prompt_token_limit(None, 512) == 512
+    assert prompt_token_limit(300, 512) == 300
+    assert prompt_token_limit(None, None) is None
     with pytest.raises(ValueError, match="--max_prompt_tokens 600 exceeds --max_prompt_length 512"):
-        train.prompt_token_limit(600, 512)
+        prompt_token_limit(600, 512)
 
 
 def test_resume_last_takes_the_newest_complete_checkpoint(tmp_path):

@@ -1,0 +1,142 @@
+"""Logged conversations as offline SDPO samples: every assistant turn y with the user turn o that follows it.
+
+The format is the one a team's chat logs already have: JSONL, one conversation per line, as an OpenAI-style
+`{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`. An optional system turn comes first,
+then user and assistant turns alternate, starting with a user turn. In a conversation x1 y1 o1=x2 y2 o2 ... each
+(y_k, the next user turn) pair is one sample whose prompt x is everything before y_k, so later turns give multi-turn
+samples with the hindsight placed, as online, after the user turn that precedes y.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional
+
+from run_files import iter_jsonl
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_conversation(record, where: str) -> list[dict[str, str]]:
+    """The record's messages, or a ValueError naming `where` (file:line) and what is wrong."""
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+        raise ValueError(f'{where}: expected an object with a "messages" list')
+    messages = record["messages"]
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ValueError(f"{where}: message {i} needs a role, one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"{where}: message {i} ({message['role']}) needs a string content")
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    for i, message in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            offset = len(messages) - len(turns)
+            raise ValueError(
+                f"{where}: message {i + offset} is {message['role']!r} where {expected!r} was due: after an optional "
+                "system turn, user and assistant turns alternate, starting with the user"
+            )
+    if not any(m["role"] == "assistant" for m in turns):
+        raise ValueError(f"{where}: no assistant turn, so nothing to learn from")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def read_conversations(path: str) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """(`file:line`, messages) for each conversation; the first bad one stops with its file and line."""
+    for where, record in iter_jsonl(path):
+        yield where, check_conversation(record, where)
+
+
+def interaction_samples(messages: list[dict[str, str]]) -> list[dict]:
+    """One sample per assistant turn that a user turn follows: the prompt before it, y, and o.
+
+    The last assistant turn of a conversation has no reply and gives no sample.
+    """
+    samples = []
+    for i in range(len(messages) - 1):
+        if messages[i]["role"] == "assistant" and messages[i + 1]["role"] == "user":
+            samples.append({
+                "prompt": [dict(m) for m in messages[:i]],
+                "completion": messages[i]["content"],
+                "feedback": messages[i + 1]["content"],
+            })
+    return samples
+
+
+def fit_prompt(
+    prompt: list[dict[str, str]], count_tokens: Callable[[list[dict[str, str]]], int], limit: Optional[int]
+) -> tuple[Optional[list[dict[str, str]]], int]:
+    """Drop the earliest (user, assistant) exchanges, never the system turn or the last request, until the prompt fits
+    `limit` tokens. Returns the prompt (None if even the system turn and the last request do not fit) and how many
+    exchanges were dropped. y and o are never cut: they are not part of the prompt.
+    """
+    if limit is None:
+        return prompt, 0
+    system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    turns = prompt[len(system):]
+    dropped = 0
+    while count_tokens(system + turns) > limit:
+        if len(turns) <= 1:
+            return None, dropped
+        turns = turns[2:]
+        dropped += 1
+    return system + turns, dropped
+
+
+def load_conversation_dataset(
+    path: str,
+    tokenizer,
+    *,
+    max_prompt_tokens: Optional[int] = None,
+    max_completion_tokens: Optional[int] = None,
+    max_samples_per_conversation: Optional[int] = None,
+    n: Optional[int] = None,
+    seed: int = 42,
+    chat_template_kwargs: Optional[dict] = None,
+):
+    """The samples of a conversations file as a `datasets.Dataset` of prompt / completion / feedback, and the counts
+    of what each filter removed. y and o are never cut: a sample whose answer is over `max_completion_tokens` is
+    dropped, and a prompt over `max_prompt_tokens` loses its earliest exchanges first (each counted)."""
+    import datasets
+
+    kwargs = chat_template_kwargs or {}
+
+    def prompt_tokens(messages):
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **kwargs))
+
+    counts = {"conversations": 0, "samples": 0, "empty_turn": 0, "prompt_too_long": 0, "completion_too_long": 0,
+              "over_cap": 0, "duplicate": 0, "early_exchanges_dropped": 0}
+    rows, seen = [], set()
+    for _, messages in read_conversations(path):
+        counts["conversations"] += 1
+        kept = 0
+        for sample in interaction_samples(messages):
+            counts["samples"] += 1
+            if not sample["completion"].strip() or not sample["feedback"].strip():
+                counts["empty_turn"] += 1
+                continue
+            if max_completion_tokens is not None and (
+                len(tokenizer(sample["completion"], add_special_tokens=False)["input_ids"]) + 1 > max_completion_tokens
+            ):
+                counts["completion_too_long"] += 1
+                continue
+            prompt, dropped = fit_prompt(sample["prompt"], prompt_tokens, max_prompt_tokens)
+            if prompt is None:
+                counts["prompt_too_long"] += 1
+                continue
+            key = repr((prompt, sample["completion"], sample["feedback"]))
+            if key in seen:
+                counts["duplicate"] += 1
+                continue
+            if max_samples_per_conversation is not None and kept >= max_samples_per_conversation:
+                counts["over_cap"] += 1
+                continue
+            seen.add(key)
+            kept += 1
+            counts["early_exchanges_dropped"] += dropped
+            rows.append({**sample, "prompt": prompt})
+    if not rows:
+        raise ValueError(f"{path}: no sample left after filtering ({counts})")
+    data = datasets.Dataset.from_list(rows).shuffle(seed=seed)
+    if n is not None:
+        data = data.select(range(min(n, len(data))))
+    return data, counts

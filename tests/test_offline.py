@@ -1,0 +1,131 @@
+"""Offline SDPO on logged conversations: pairing, bad input, the loss by hand, and a real run on the embedded model
+whose per-token signal is recomputed with plain transformers."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import TrlParser
+
+import train_offline
+from conversations import check_conversation, fit_prompt, interaction_samples, load_conversation_dataset, read_conversations
+from offline_trainer import OfflineSDPOConfig, first_tokens_mask, signal_weighted_nll
+from run_files import RUN_SETTINGS_NAME
+from sdpo_trainer import TOKEN_LOG_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "conversations.jsonl"
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+CONVERSATION = [msg("system", "S"), msg("user", "x1"), msg("assistant", "y1"), msg("user", "o1 and x2"),
+                msg("assistant", "y2"), msg("user", "o2"), msg("assistant", "y3 never answered")]
+
+
+def test_each_answer_is_paired_with_the_user_turn_after_it():
+    samples = interaction_samples(CONVERSATION)
+    assert [(s["completion"], s["feedback"]) for s in samples] == [("y1", "o1 and x2"), ("y2", "o2")]
+    assert samples[0]["prompt"] == CONVERSATION[:2]
+    # The second sample is multi-turn: its prompt ends with the user turn y2 answers, o1 being that turn.
+    assert samples[1]["prompt"] == CONVERSATION[:4] and samples[1]["prompt"][-1]["content"] == "o1 and x2"
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"messages": [msg("user", "a"), msg("user", "b")]}, "message 1 is 'user' where 'assistant' was due"),
+        ({"messages": [msg("assistant", "a"), msg("user", "b")]}, "message 0 is 'assistant' where 'user' was due"),
+        ({"messages": [msg("system", "s"), msg("user", "only a question")]}, "no assistant turn"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "needs a role, one of system, user, assistant"),
+        ({"messages": [{"role": "user", "content": 3}]}, "needs a string content"),
+        ({"turns": []}, 'expected an object with a "messages" list'),
+    ],
+)
+def test_bad_conversations_are_refused_with_their_place(record, message):
+    with pytest.raises(ValueError, match=message) as err:
+        check_conversation(record, "logs.jsonl:7")
+    assert str(err.value).startswith("logs.jsonl:7: ")
+
+
+def test_a_bad_line_in_a_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    path.write_text(json.dumps({"messages": CONVERSATION}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"logs\.jsonl:2: malformed JSON"):
+        list(read_conversations(str(path)))
+
+
+def test_budgets_drop_early_exchanges_never_the_request_y_or_o():
+    long_history = [msg("system", "S")] + [msg(r, "w " * 10) for r in ("user", "assistant") * 3] + [msg("user", "q")]
+    count = lambda messages: sum(len(m["content"].split()) for m in messages)  # noqa: E731
+    fitted, dropped = fit_prompt(long_history, count, 25)
+    assert dropped == 2 and fitted[0] == long_history[0] and fitted[-1] == msg("user", "q")
+    assert fit_prompt(long_history, count, 0) == (None, 3)  # even the request alone is over: the sample is dropped
+
+
+def test_the_offline_loss_by_hand():
+    logps = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    advantages = torch.tensor([[0.5, -1.0, 2.0]])
+    loss = signal_weighted_nll(logps, advantages)
+    assert loss.tolist() == [[0.5, -2.0, 1.0]]  # -A * log p
+    loss.sum().backward()
+    assert logps.grad.tolist() == [[-0.5, 1.0, -2.0]]  # d/dlogp = -A: the advantage is a constant
+    assert first_tokens_mask(torch.ones(2, 4), 2).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+def test_the_shipped_sample_loads_with_counted_filters(model_dir):
+    data, counts = load_conversation_dataset(str(SAMPLE), AutoTokenizer.from_pretrained(model_dir),
+                                             max_samples_per_conversation=1)
+    assert counts["conversations"] == 6 and counts["samples"] == 10 and counts["over_cap"] == 4
+    assert len(data) == 6 and set(data.column_names) == {"prompt", "completion", "feedback"}
+
+
+def reference_logps(model, tokenizer, context, ids):
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([context_ids + ids])).logits[0].float()
+    logps = torch.log_softmax(logits, dim=-1)
+    return [logps[len(context_ids) - 1 + i, t].item() for i, t in enumerate(ids)]
+
+
+@pytest.fixture(scope="module")
+def offline_run(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("offline")
+    args = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig)).parse_args_and_config([
+        "--train_jsonl", str(SAMPLE), "--model_name_or_path", model_dir, "--output_dir", str(out),
+        "--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "1", "--learning_rate", "1e-4",
+        "--max_prompt_length", "512", "--max_completion_length", "128", "--token_log_samples", "2",
+        "--logging_steps", "1", "--report_to", "none", "--bf16", "false", "--seed", "5",
+    ])
+    train_offline.main(*args)
+    return out
+
+
+def test_offline_run_writes_checkpoints_settings_and_a_token_log(offline_run):
+    settings = json.loads((offline_run / "checkpoint-2" / RUN_SETTINGS_NAME).read_text())
+    assert settings["mode"] == "offline" and settings["advantage_baseline"] == "none"
+    assert settings["interactions"] == {"answers": 4, "with_feedback": 4}
+    records = [json.loads(line) for line in (offline_run / TOKEN_LOG_NAME).read_text().splitlines()]
+    assert len(records) == 4
+    conversations = [m for _, m in read_conversations(str(SAMPLE))]
+    pairs = {(s["completion"], s["feedback"]) for c in conversations for s in interaction_samples(c)}
+    for record in records:
+        assert (record["completion"], record["feedback"]) in pairs  # o is exactly the turn after y
+        assert record["feedback"] in record["teacher_context"] and record["feedback"] not in record["student_context"]
+
+
+def test_offline_signal_equals_plain_transformers(offline_run, model_dir):
+    """Step-0 records were scored with the initial weights: recompute both passes independently."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    records = [json.loads(line) for line in (offline_run / TOKEN_LOG_NAME).read_text().splitlines()]
+    for record in [r for r in records if r["step"] == 0]:
+        ids = record["completion_ids"]
+        assert ids == tokenizer(record["completion"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        student = reference_logps(model, tokenizer, record["student_context"], ids)
+        teacher = reference_logps(model, tokenizer, record["teacher_context"], ids)
+        assert record["signal"] == pytest.approx([t - s for t, s in zip(teacher, student)], abs=3e-3)

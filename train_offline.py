@@ -1,0 +1,98 @@
+"""Train a policy with offline SDPO on logged conversations: the user's real next message is the hindsight o.
+
+    python train_offline.py --train_jsonl data/sample/conversations.jsonl --model_name_or_path Qwen/Qwen3-8B \
+        --output_dir runs/offline
+
+The conversations file is JSONL, one `{"messages": [...]}` per line (see conversations.py). Flags shared with
+train.py have the same names; every OfflineSDPOConfig (GRPOConfig) flag works too, and `--config` reads a recipe.
+All input is checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import AutoTokenizer
+from trl import TrlParser
+
+from conversations import load_conversation_dataset
+from offline_trainer import OfflineSDPOConfig, OfflineSDPOTrainer
+from prompts import prompt_token_limit
+from run_files import resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OfflineScriptArguments:
+    """The conversations and the policy (training hyper-parameters live in OfflineSDPOConfig)."""
+
+    train_jsonl: Optional[str] = field(
+        default=None, metadata={"help": 'Conversations: JSONL with one {"messages": [...]} object per line.'}
+    )
+    val_jsonl: Optional[str] = field(default=None, metadata={"help": "Held-out conversations, same format."})
+    train_n: Optional[int] = field(default=None, metadata={"help": "Use a seeded random subset of this many samples."})
+    eval_n: Optional[int] = field(default=None, metadata={"help": "Use this many held-out samples."})
+    max_prompt_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "Longest chat-formatted prompt in tokens; longer ones lose their earliest exchanges first "
+                          "(default: --max_prompt_length)."},
+    )
+    max_samples_per_conversation: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many (answer, reply) samples of one conversation."}
+    )
+    model_name_or_path: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."})
+
+    def __post_init__(self):
+        if self.train_jsonl is None:
+            raise ValueError("--train_jsonl is required: a conversations JSONL file")
+        for flag in ("train_jsonl", "val_jsonl"):
+            path = getattr(self, flag)
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"--{flag}: no such file: {path}")
+        for flag in ("train_n", "eval_n", "max_prompt_tokens", "max_samples_per_conversation"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be >= 1, got {value}")
+
+
+def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) -> None:
+    resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    load = dict(
+        tokenizer=tokenizer,
+        max_prompt_tokens=prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length),
+        max_completion_tokens=training_args.max_completion_length,
+        max_samples_per_conversation=script_args.max_samples_per_conversation,
+        seed=training_args.seed,
+        chat_template_kwargs=training_args.chat_template_kwargs,
+    )
+    train_dataset, counts = load_conversation_dataset(script_args.train_jsonl, n=script_args.train_n, **load)
+    logger.info("Training samples: %d of %s", len(train_dataset), counts)
+    eval_dataset = None
+    if script_args.val_jsonl:
+        eval_dataset, eval_counts = load_conversation_dataset(script_args.val_jsonl, n=script_args.eval_n, **load)
+        logger.info("Held-out samples: %d of %s", len(eval_dataset), eval_counts)
+
+    trainer = OfflineSDPOTrainer(
+        model=script_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        run_settings={"mode": "offline", "train_jsonl": script_args.train_jsonl, "val_jsonl": script_args.val_jsonl,
+                      "data_counts": counts, "ignore_first_tokens": training_args.ignore_first_tokens},
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    exit_code = trainer.save_final()
+    if exit_code is not None:
+        raise SystemExit(exit_code)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = TrlParser((OfflineScriptArguments, OfflineSDPOConfig))
+    main(*parser.parse_args_and_config())
