@@ -9,6 +9,7 @@ samples with the hindsight placed, as online, after the user turn that precedes 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Iterator, Optional
 
 from run_files import iter_jsonl
@@ -140,3 +141,62 @@ def load_conversation_dataset(
     if n is not None:
         data = data.select(range(min(n, len(data))))
     return data, counts
+
+
+# -- Preparing logged datasets (WildChat, WildFeedback, a team's own logs) into this format ---------------------
+
+# The role names of the sources: OpenAI-style (role/content) and ShareGPT-style (from/value, as in WildFeedback).
+ROLE_NAMES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+# The authors' conversation-level limits, in characters.
+MAX_TURN_CHARS = 4096
+MAX_TOTAL_CHARS = 100_000
+
+
+def normalize_turns(raw) -> Optional[list[dict[str, str]]]:
+    """`raw` turns as role/content messages; None if a turn has no known role or no text field."""
+    if not isinstance(raw, list):
+        return None
+    turns = []
+    for turn in raw:
+        if not isinstance(turn, dict):
+            return None
+        role = ROLE_NAMES.get(turn.get("role", turn.get("from")))
+        content = turn.get("content", turn.get("value"))
+        if role is None or not isinstance(content, str):
+            return None
+        turns.append({"role": role, "content": content})
+    return turns
+
+
+def conversation_problem(row: dict, turns: Optional[list[dict[str, str]]], language: Optional[str]) -> Optional[str]:
+    """The name of the first filter that drops this conversation, or None to keep it.
+
+    `row` is the source record: WildChat marks `language`, and `toxic` and `redacted` per conversation and per turn.
+    """
+    raw = row.get("conversation") or row.get("conversations") or row.get("messages") or []
+    if turns is None:
+        return "unreadable"
+    if language is not None and str(row.get("language", "")).strip().lower() != language.lower():
+        return "language"
+    if row.get("toxic") or any(isinstance(t, dict) and t.get("toxic") for t in raw):
+        return "toxic"
+    if row.get("redacted") or any(isinstance(t, dict) and t.get("redacted") for t in raw):
+        return "redacted"
+    if any(not t["content"].strip() for t in turns):
+        return "empty_turn"
+    try:
+        check_conversation({"messages": turns}, "")
+    except ValueError:
+        return "roles_out_of_order"
+    if len([t for t in turns if t["role"] != "system"]) < 3:
+        return "no_reply"  # a sample needs a user turn after an assistant turn
+    if any(len(t["content"]) > MAX_TURN_CHARS for t in turns):
+        return "turn_too_long"
+    if sum(len(t["content"]) for t in turns) > MAX_TOTAL_CHARS:
+        return "too_long"
+    return None
+
+
+def is_held_out(key: str, percent: float) -> bool:
+    """A stable, seed-free choice of the held-out conversations: the same key always lands in the same split."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 10_000 < percent * 100

@@ -1,7 +1,13 @@
-"""Build the prompt files that train.py reads: ``train.jsonl`` and ``validation.jsonl``, one ``{"prompt": ...}`` a line.
+"""Build the files training reads: ``train.jsonl`` and ``validation.jsonl``.
 
-    python prepare_data.py tldr      [--out_dir DIR] [--source PATH]   # openai/summarize_from_feedback (comparisons)
-    python prepare_data.py helpsteer [--out_dir DIR] [--source PATH]   # nvidia/HelpSteer2
+    python prepare_data.py tldr          [--out_dir DIR] [--source PATH]   # openai/summarize_from_feedback (comparisons)
+    python prepare_data.py helpsteer     [--out_dir DIR] [--source PATH]   # nvidia/HelpSteer2
+    python prepare_data.py wildchat      [--out_dir DIR] [--source PATH]   # allenai/WildChat, for offline SDPO
+    python prepare_data.py wildfeedback  [--out_dir DIR] [--source PATH]   # microsoft/WildFeedback, for offline SDPO
+    python prepare_data.py conversations --source FILE [--out_dir DIR]    # your own logs, for offline SDPO
+
+The online tasks write one ``{"prompt": ...}`` a line; the offline ones one conversation a line,
+``{"messages": [...]}`` (conversations.py), split into train and validation by conversation.
 
 Online SDPO needs prompts only: the policy writes the answers and the simulated user reacts to them. The row
 transforms and filters below are pure functions over plain dicts, so they are tested on hand-written rows; loading
@@ -19,6 +25,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from conversations import conversation_problem, is_held_out, normalize_turns
 from run_files import write_all_atomic
 
 TLDR_SUFFIX = "\nTL;DR:"
@@ -132,6 +139,40 @@ def build_helpsteer(splits: Mapping[str, Iterable[Mapping]]) -> tuple[dict[str, 
 
 BUILDERS = {"tldr": build_tldr, "helpsteer": build_helpsteer}
 
+# Offline SDPO: logged conversations. WildChat is filtered to English as in the authors' preparation.
+CONVERSATION_SOURCES = {"wildchat": ("allenai/WildChat", None), "wildfeedback": ("microsoft/WildFeedback", "wildfeedback")}
+CONVERSATION_DEFAULTS = {"wildchat": {"language": "English"}, "wildfeedback": {}, "conversations": {}}
+DEFAULT_OUT_DIRS.update({"wildchat": "data/wildchat_conversations", "wildfeedback": "data/wildfeedback_conversations",
+                         "conversations": "data/conversations"})
+HELD_OUT_PERCENT = 2.0
+
+
+def split_conversations(rows: Iterable[Mapping], *, language: str | None = None,
+                        held_out_percent: float = HELD_OUT_PERCENT) -> tuple[dict[str, list], dict[str, int]]:
+    """Conversations that pass every filter, as role/content messages, split into train and validation by
+    conversation (so none is in both), and the count each filter dropped. Duplicates are kept once."""
+    counts = {"rows": 0, "unreadable": 0, "language": 0, "toxic": 0, "redacted": 0, "empty_turn": 0,
+              "roles_out_of_order": 0, "no_reply": 0, "turn_too_long": 0, "too_long": 0, "duplicate": 0}
+    splits: dict[str, list] = {split: [] for split in SPLITS}
+    seen = set()
+    for row in rows:
+        counts["rows"] += 1
+        turns = normalize_turns(row.get("conversation") or row.get("conversations") or row.get("messages"))
+        problem = conversation_problem(row, turns, language)
+        if problem is not None:
+            counts[problem] += 1
+            continue
+        key = json.dumps(turns, ensure_ascii=False)
+        if key in seen:
+            counts["duplicate"] += 1
+            continue
+        seen.add(key)
+        held_out = is_held_out(str(row.get("conversation_id") or key), held_out_percent)
+        splits["validation" if held_out else "train"].append(turns)
+    for split in SPLITS:
+        counts[f"kept_{split}"] = len(splits[split])
+    return splits, counts
+
 
 # ----------------------------------------------------------------------------------------------- loading and writing
 def load_source(task: str, source: str | None):
@@ -167,9 +208,33 @@ def load_source(task: str, source: str | None):
     return {split: data[split].select_columns(columns) for split in SPLITS}
 
 
-def jsonl_lines(prompts: Iterable[str]) -> Iterator[str]:
-    for prompt in prompts:
-        yield json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n"
+def jsonl_lines(records: Iterable) -> Iterator[str]:
+    """Prompts (strings) as ``{"prompt": ...}`` lines, conversations (message lists) as ``{"messages": ...}``."""
+    for record in records:
+        field = "prompt" if isinstance(record, str) else "messages"
+        yield json.dumps({field: record}, ensure_ascii=False) + "\n"
+
+
+def load_conversation_rows(task: str, source: str | None):
+    """The logged conversations of a task: the Hub's train split, or a local file or folder (JSONL, parquet, or a
+    save_to_disk folder). Only `train` exists in WildChat and WildFeedback: the held-out split is made here."""
+    import datasets
+
+    if source is None:
+        if task not in CONVERSATION_SOURCES:
+            raise SystemExit(f"error: {task} needs --source: a JSONL file of {{\"messages\": [...]}} conversations")
+        name, config = CONVERSATION_SOURCES[task]
+        return datasets.load_dataset(name, config, split="train")
+    path = Path(source)
+    if path.is_file():
+        kind = "parquet" if path.suffix == ".parquet" else "json"
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        data = datasets.load_from_disk(str(path))
+        return data["train"] if isinstance(data, datasets.DatasetDict) else data
+    if path.is_dir():
+        return datasets.load_dataset(str(path), split="train")
+    raise SystemExit(f"error: --source {source}: no such file or folder")
 
 
 def write_splits_atomically(out_dir: Path, prompts: Mapping[str, Iterable[str]]) -> dict[str, Path]:
@@ -179,41 +244,63 @@ def write_splits_atomically(out_dir: Path, prompts: Mapping[str, Iterable[str]])
     return targets
 
 
-def format_report(task: str, counts: Mapping[str, Mapping[str, int]], prompts: Mapping[str, list[str]],
+def format_report(task: str, counts: Mapping[str, Mapping[str, int]], records: Mapping[str, list],
                   show: int) -> str:
     lines = [f"[{task}]"]
     for split, split_counts in counts.items():
         lines.append(f"  {split}: " + ", ".join(f"{name}={n}" for name, n in split_counts.items()))
-    for i, prompt in enumerate(prompts["train"][:show]):
-        shown = prompt if len(prompt) <= 300 else prompt[:300] + " ..."
-        lines.append(f"  train[{i}]: {json.dumps(shown, ensure_ascii=False)}")
+    for i, record in enumerate(records["train"][:show]):
+        text = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)
+        shown = text if len(text) <= 300 else text[:300] + " ..."
+        lines.append(f"  train[{i}]: {json.dumps(shown, ensure_ascii=False) if isinstance(record, str) else shown}")
     return "\n".join(lines)
+
+
+TASK_HELP = {
+    "tldr": "TL;DR prompts from openai/summarize_from_feedback (comparisons)",
+    "helpsteer": "single-turn prompts from nvidia/HelpSteer2",
+    "wildchat": "English conversations from allenai/WildChat, for offline SDPO",
+    "wildfeedback": "conversations from microsoft/WildFeedback, for offline SDPO",
+    "conversations": "your own logged conversations (JSONL of {\"messages\": [...]}), for offline SDPO",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="{tldr,helpsteer}")
-    for task, help_text in (("tldr", "TL;DR prompts from openai/summarize_from_feedback (comparisons)"),
-                            ("helpsteer", "single-turn prompts from nvidia/HelpSteer2")):
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="{" + ",".join(TASK_HELP) + "}")
+    for task, help_text in TASK_HELP.items():
         sub = tasks.add_parser(task, help=help_text)
         sub.add_argument("--out_dir", default=DEFAULT_OUT_DIRS[task],
                          help=f"output folder for train.jsonl and validation.jsonl (default: {DEFAULT_OUT_DIRS[task]})")
-        sub.add_argument("--source", default=None,
+        sub.add_argument("--source", default=None, required=task == "conversations",
                          help="read a local copy instead of the Hub: a save_to_disk folder, or a folder of "
-                              "parquet/JSON files named by split (train*, validation*)")
-        sub.add_argument("--show", type=int, default=3, help="how many train prompts to print (default: 3)")
+                              "parquet/JSON files named by split (train*, validation*); for the conversation tasks "
+                              "also a single JSONL or parquet file")
+        sub.add_argument("--show", type=int, default=3, help="how many train records to print (default: 3)")
+        if task in CONVERSATION_DEFAULTS:
+            language = CONVERSATION_DEFAULTS[task].get("language")
+            sub.add_argument("--language", default=language,
+                             help=f"keep only conversations marked with this language (default: {language}); "
+                                  "pass an empty string to keep all")
+            sub.add_argument("--held_out_percent", type=float, default=HELD_OUT_PERCENT,
+                             help=f"share of conversations in validation.jsonl (default: {HELD_OUT_PERCENT})")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    splits = load_source(args.task, args.source)
-    prompts, counts = BUILDERS[args.task](splits)
-    targets = write_splits_atomically(Path(args.out_dir), prompts)
-    print(format_report(args.task, counts, prompts, args.show))
+    if args.task in CONVERSATION_DEFAULTS:
+        rows = load_conversation_rows(args.task, args.source)
+        records, split_counts = split_conversations(rows, language=args.language or None,
+                                                    held_out_percent=args.held_out_percent)
+        counts = {"all": split_counts}
+    else:
+        records, counts = BUILDERS[args.task](load_source(args.task, args.source))
+    targets = write_splits_atomically(Path(args.out_dir), records)
+    print(format_report(args.task, counts, records, args.show))
     for split, path in targets.items():
-        print(f"wrote {len(prompts[split])} prompts to {path}")
+        print(f"wrote {len(records[split])} records to {path}")
     return 0
 
 

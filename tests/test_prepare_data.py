@@ -3,11 +3,14 @@ format and its stability, the atomic write, and the offline --source path end to
 
 import json
 import os
+from pathlib import Path
 
 import datasets
 import pytest
 
 import prepare_data as pdata
+
+REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 def tldr_row(post, *, article=None, row_id="t3_x", split="train"):
@@ -217,3 +220,64 @@ def test_source_errors_are_clear(tmp_path, isolated_hf_cache):
     with pytest.raises(SystemExit, match="lacks column\\(s\\) info"):
         pdata.main(["tldr", "--source", str(wrong_schema), "--out_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------- logged conversations (offline)
+def turn(role, content, **flags):
+    return {"role": role, "content": content, **flags}
+
+
+def test_conversation_filters_are_counted_and_the_split_is_by_conversation():
+    ok = [turn("user", "fix my code"), turn("assistant", "here"), turn("user", "it does not compile")]
+    rows = [
+        {"conversation_id": "a", "language": "English", "conversation": ok},
+        {"conversation_id": "a-copy", "language": "English", "conversation": ok},  # the same turns again
+        {"conversation_id": "b", "language": "French", "conversation": ok},
+        {"conversation_id": "c", "language": "English", "toxic": True, "conversation": ok},
+        {"conversation_id": "d", "language": "English", "conversation": ok[:1] + [turn("assistant", "x", redacted=True)]
+         + ok[2:]},
+        {"conversation_id": "e", "language": "English", "conversation": [turn("user", "q"), turn("assistant", " ")]
+         + ok[2:]},
+        {"conversation_id": "f", "language": "English", "conversation": ok[:2]},  # no reply to the answer
+        {"conversation_id": "g", "language": "English", "conversation": [ok[0], ok[0], ok[1]]},
+        {"conversation_id": "h", "language": "English", "conversation": [{"speaker": "bot"}]},
+        {"conversation_id": "i", "language": "English", "conversation": [turn("user", "q"), turn("assistant", "x" * 5000),
+                                                                          turn("user", "long")]},
+    ]
+    splits, counts = pdata.split_conversations(rows, language="english", held_out_percent=0.0)
+    assert splits == {"train": [ok], "validation": []}
+    assert {k: v for k, v in counts.items() if v} == {
+        "rows": 10, "duplicate": 1, "language": 1, "toxic": 1, "redacted": 1, "empty_turn": 1, "no_reply": 1,
+        "roles_out_of_order": 1, "unreadable": 1, "turn_too_long": 1, "kept_train": 1,
+    }
+
+
+def test_held_out_conversations_are_chosen_by_their_id_alone():
+    rows = [{"conversation_id": f"c{i}", "messages": [turn("user", f"q{i}"), turn("assistant", "a"), turn("user", "o")]}
+            for i in range(400)]
+    splits, _ = pdata.split_conversations(rows, held_out_percent=10.0)
+    again, _ = pdata.split_conversations(list(reversed(rows)), held_out_percent=10.0)
+    held_out = {m[0]["content"] for m in splits["validation"]}
+    assert held_out == {m[0]["content"] for m in again["validation"]}
+    assert 20 <= len(held_out) <= 60 and not held_out & {m[0]["content"] for m in splits["train"]}
+
+
+def test_sharegpt_turns_of_wildfeedback_are_read():
+    row = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
+                             {"from": "human", "value": "that is wrong"}]}
+    splits, counts = pdata.split_conversations([row], held_out_percent=0.0)
+    assert splits["train"] == [[turn("user", "q"), turn("assistant", "a"), turn("user", "that is wrong")]]
+
+
+def test_own_logs_are_prepared_deterministically(tmp_path, capsys):
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text((REPO_SAMPLE / "conversations.jsonl").read_text())
+    for out in ("one", "two"):
+        assert pdata.main(["conversations", "--source", str(logs), "--out_dir", str(tmp_path / out),
+                           "--held_out_percent", "30"]) == 0
+    for split in ("train", "validation"):
+        assert (tmp_path / "one" / f"{split}.jsonl").read_bytes() == (tmp_path / "two" / f"{split}.jsonl").read_bytes()
+    lines = [json.loads(line) for s in ("train", "validation") for line in (tmp_path / "one" / f"{s}.jsonl").open()]
+    assert len(lines) == 6 and all(set(record) == {"messages"} for record in lines)
+    with pytest.raises(SystemExit):
+        pdata.main(["conversations", "--out_dir", str(tmp_path / "x")])  # --source is required for own logs
