@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup model test demo clean
+.PHONY: setup model test demo demo-offline clean
 
 setup: $(INSTALLED)
 
@@ -29,5 +29,8 @@ test: $(MODEL)
 demo: $(MODEL)
 	bash scripts/demo.sh
 
+demo-offline: $(MODEL)
+	bash scripts/demo_offline.sh
+
 clean:
-	rm -rf $(VENV) $(MODEL_DIR) runs/demo
+	rm -rf $(VENV) $(MODEL_DIR) runs/demo runs/demo-offline

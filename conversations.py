@@ -64,18 +64,21 @@ def interaction_samples(messages: list[dict[str, str]]) -> list[dict]:
 
 
 def fit_prompt(
-    prompt: list[dict[str, str]], count_tokens: Callable[[list[dict[str, str]]], int], limit: Optional[int]
+    prompt: list[dict[str, str]], count_tokens: Callable[[list[dict[str, str]]], int], limit: Optional[int],
+    max_messages: Optional[int] = None,
 ) -> tuple[Optional[list[dict[str, str]]], int]:
-    """Drop the earliest (user, assistant) exchanges, never the system turn or the last request, until the prompt fits
-    `limit` tokens. Returns the prompt (None if even the system turn and the last request do not fit) and how many
-    exchanges were dropped. y and o are never cut: they are not part of the prompt.
+    """Drop the earliest (user, assistant) exchanges, never the system turn or the last request, until the prompt
+    holds at most `max_messages` messages besides the system turn and fits `limit` tokens. Returns the prompt (None
+    if even the system turn and the last request do not fit) and how many exchanges were dropped. y and o are never
+    cut: they are not part of the prompt.
     """
-    if limit is None:
-        return prompt, 0
     system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
     turns = prompt[len(system):]
     dropped = 0
-    while count_tokens(system + turns) > limit:
+    while max_messages is not None and len(turns) > max(max_messages, 1):
+        turns = turns[2:]
+        dropped += 1
+    while limit is not None and count_tokens(system + turns) > limit:
         if len(turns) <= 1:
             return None, dropped
         turns = turns[2:]
@@ -90,6 +93,7 @@ def load_conversation_dataset(
     max_prompt_tokens: Optional[int] = None,
     max_completion_tokens: Optional[int] = None,
     max_samples_per_conversation: Optional[int] = None,
+    max_history_messages: Optional[int] = None,
     n: Optional[int] = None,
     seed: int = 42,
     chat_template_kwargs: Optional[dict] = None,
@@ -120,7 +124,7 @@ def load_conversation_dataset(
             ):
                 counts["completion_too_long"] += 1
                 continue
-            prompt, dropped = fit_prompt(sample["prompt"], prompt_tokens, max_prompt_tokens)
+            prompt, dropped = fit_prompt(sample["prompt"], prompt_tokens, max_prompt_tokens, max_history_messages)
             if prompt is None:
                 counts["prompt_too_long"] += 1
                 continue

@@ -11,9 +11,8 @@ model is loaded, so a typo costs seconds, not the minutes an 8B model takes to l
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from transformers import AutoTokenizer
 from trl import TrlParser
@@ -25,6 +24,7 @@ from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from chat_clients import DEFAULT_CLAUDE_MODEL
 from claude_user import ClaudeStyleUserSimulator
+from cli_args import DataArguments, check_positive
 from user_simulator import StyleUserSimulator, UserSimulator
 
 logger = logging.getLogger(__name__)
@@ -38,20 +38,11 @@ USER_DEFAULTS = {
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(DataArguments):
     """The run's data, models and simulated user (training hyper-parameters live in OnlineSDPOConfig)."""
 
-    train_jsonl: Optional[str] = field(
-        default=None, metadata={"help": 'Training prompts: JSONL with one {"prompt": "..."} object per line.'}
-    )
-    val_jsonl: Optional[str] = field(default=None, metadata={"help": "Validation prompts, same format (optional)."})
-    train_n: Optional[int] = field(default=None, metadata={"help": "Use a seeded random subset of this many prompts."})
-    eval_n: Optional[int] = field(default=None, metadata={"help": "Use this many validation prompts."})
-    max_prompt_tokens: Optional[int] = field(
-        default=None,
-        metadata={"help": "Drop prompts whose chat-formatted length exceeds this many tokens (default: "
-                          "--max_prompt_length, so that no prompt is silently truncated)."},
-    )
+    DATA_HINT: ClassVar[str] = "make it with scripts/prepare_data_tldr.sh or ..._helpsteer.sh"
+
     system_prompt: str = field(
         default="tldr",
         metadata={"help": "System prompt of the policy: tldr (summaries) or general (none).",
@@ -63,7 +54,6 @@ class ScriptArguments:
         metadata={"help": "YAML or JSON file of style name -> persona description, adding to or overriding the "
                           "built-in personas (personas.yaml). The text trained with is stored in the run settings."},
     )
-    model_name_or_path: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."})
     user_model_name_or_path: Optional[str] = field(
         default=None,
         metadata={"help": "Local user-simulator model. When unset, Claude plays the user (needs ANTHROPIC_API_KEY)."},
@@ -97,22 +87,14 @@ class ScriptArguments:
     user_backend: str = field(default="", init=False)
 
     def __post_init__(self):
-        if self.train_jsonl is None:
-            raise ValueError("--train_jsonl is required (make it with scripts/prepare_data_tldr.sh or ..._helpsteer.sh)")
-        for flag in ("train_jsonl", "val_jsonl"):
-            path = getattr(self, flag)
-            if path is not None and not os.path.isfile(path):
-                raise FileNotFoundError(f"--{flag}: no such file: {path}")
+        super().__post_init__()
         if self.system_prompt not in SYSTEM_PROMPTS:
             raise ValueError(f"Unknown --system_prompt {self.system_prompt!r}; choose one of {', '.join(SYSTEM_PROMPTS)}")
         # The persona file is read and checked here, before any model loads; the text is kept for the run.
         catalogue = persona_catalogue(self.persona_file)
         self.style = resolve_style(self.style, catalogue)
         self.persona = catalogue[self.style]
-        for flag in ("train_n", "eval_n", "max_prompt_tokens", "user_max_new_tokens"):
-            value = getattr(self, flag)
-            if value is not None and value < 1:
-                raise ValueError(f"--{flag} must be >= 1, got {value}")
+        check_positive(self, "user_max_new_tokens")
         self.user_backend = "local" if self.user_model_name_or_path is not None else "claude"
         defaults = USER_DEFAULTS[self.user_backend]
         if self.user_backend == "claude" and (self.user_top_p is not None or self.user_top_k is not None):

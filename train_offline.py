@@ -11,13 +11,13 @@ All input is checked before any model loads.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from transformers import AutoTokenizer
 from trl import TrlParser
 
+from cli_args import DataArguments, check_positive
 from conversations import load_conversation_dataset
 from offline_trainer import OfflineSDPOConfig, OfflineSDPOTrainer
 from prompts import prompt_token_limit
@@ -27,36 +27,23 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class OfflineScriptArguments:
+class OfflineScriptArguments(DataArguments):
     """The conversations and the policy (training hyper-parameters live in OfflineSDPOConfig)."""
 
-    train_jsonl: Optional[str] = field(
-        default=None, metadata={"help": 'Conversations: JSONL with one {"messages": [...]} object per line.'}
-    )
-    val_jsonl: Optional[str] = field(default=None, metadata={"help": "Held-out conversations, same format."})
-    train_n: Optional[int] = field(default=None, metadata={"help": "Use a seeded random subset of this many samples."})
-    eval_n: Optional[int] = field(default=None, metadata={"help": "Use this many held-out samples."})
-    max_prompt_tokens: Optional[int] = field(
-        default=None,
-        metadata={"help": "Longest chat-formatted prompt in tokens; longer ones lose their earliest exchanges first "
-                          "(default: --max_prompt_length)."},
+    DATA_HINT: ClassVar[str] = "a conversations JSONL file; make it with scripts/prepare_data_wildchat.sh or from your logs"
+
+    max_history_messages: Optional[int] = field(
+        default=5,
+        metadata={"help": "Keep at most this many messages of a sample's prompt, the request included (the authors' "
+                          "5: the request and the two exchanges before it); older ones are dropped."},
     )
     max_samples_per_conversation: Optional[int] = field(
         default=None, metadata={"help": "Keep at most this many (answer, reply) samples of one conversation."}
     )
-    model_name_or_path: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."})
 
     def __post_init__(self):
-        if self.train_jsonl is None:
-            raise ValueError("--train_jsonl is required: a conversations JSONL file")
-        for flag in ("train_jsonl", "val_jsonl"):
-            path = getattr(self, flag)
-            if path is not None and not os.path.isfile(path):
-                raise FileNotFoundError(f"--{flag}: no such file: {path}")
-        for flag in ("train_n", "eval_n", "max_prompt_tokens", "max_samples_per_conversation"):
-            value = getattr(self, flag)
-            if value is not None and value < 1:
-                raise ValueError(f"--{flag} must be >= 1, got {value}")
+        super().__post_init__()
+        check_positive(self, "max_history_messages", "max_samples_per_conversation")
 
 
 def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) -> None:
@@ -67,6 +54,7 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) 
         max_prompt_tokens=prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length),
         max_completion_tokens=training_args.max_completion_length,
         max_samples_per_conversation=script_args.max_samples_per_conversation,
+        max_history_messages=script_args.max_history_messages,
         seed=training_args.seed,
         chat_template_kwargs=training_args.chat_template_kwargs,
     )

@@ -123,6 +123,11 @@ sdpo_recipe_save_steps() {
 sdpo_schedule() {
   : "${SAVE_STEPS:=$(sdpo_recipe_save_steps)}"
   local name
+  if [[ -z "${TRAIN_N:-}" ]]; then
+    echo "schedule: TRAIN_N unset: every sample is used, BS x GA x WORLD_SIZE = $((BS * GA * WORLD_SIZE)) a step;" \
+      "the number of samples is logged at the start"
+    return 0
+  fi
   for name in TRAIN_N BS GA WORLD_SIZE SAVE_STEPS; do
     if [[ ! "${!name:-}" =~ ^[1-9][0-9]*$ ]]; then
       echo "schedule: n/a ($name=$(printf '%q' "${!name:-}") is not a positive integer)"
@@ -139,11 +144,12 @@ sdpo_schedule() {
   if ((steps == 0)); then sdpo_warn "TRAIN_N=$TRAIN_N is less than one step of $per_step answers: nothing would train"; fi
 }
 
-# The whole training launch, shared by train_online_sdpo_tldr.sh and train_online_sdpo.sh. The caller sets the
-# experiment's defaults, RUNS_SUBDIR (folder under $SCRATCH), PREPARE_SCRIPT (makes the JSONL files), RECIPE and
-# SIMULATOR_ARGS (the user-simulator flags), then calls this.
+# The whole training launch, shared by the online scripts (train_online_sdpo_tldr.sh, train_online_sdpo.sh) and
+# train_offline_sdpo.sh. The caller sets the experiment's defaults, RUNS_SUBDIR (folder under $SCRATCH),
+# PREPARE_SCRIPT (makes the JSONL files), RECIPE, ENTRY (train.py or train_offline.py), SHOWN_MODE_VARS (its own
+# variables, printed) and MODE_ARGS (its own flags), then calls this.
 sdpo_train() {
-  : "${RUN_ID:=${EXPERIMENT}-${STYLE}-$(date +%Y%m%d-%H%M%S)}"
+  : "${RUN_ID:=${EXPERIMENT}-${RUN_TAG}-$(date +%Y%m%d-%H%M%S)}"
   : "${WANDB_NAME:=$RUN_ID}"
   if [[ -z "${OUTPUT_DIR:-}" ]]; then
     if [[ -n "${SCRATCH:-}" ]]; then
@@ -156,30 +162,74 @@ sdpo_train() {
 
   : "${SAVE_STEPS:=$(sdpo_recipe_save_steps)}"
   echo "settings:"
-  sdpo_show MODEL_NAME_OR_PATH "${SHOWN_SIMULATOR_VARS[@]}" STYLE PERSONA_FILE LR BS GA WORLD_SIZE \
-    ACCELERATE_CONFIG TRAIN_JSONL VAL_JSONL TRAIN_N EVAL_N SEED MAX_PROMPT_TOKENS SYSTEM_PROMPT RECIPE SAVE_STEPS \
-    RUN_ID OUTPUT_DIR RESUME_FROM_CHECKPOINT WANDB_PROJECT WANDB_NAME
+  sdpo_show MODEL_NAME_OR_PATH "${SHOWN_MODE_VARS[@]}" LR BS GA WORLD_SIZE ACCELERATE_CONFIG TRAIN_JSONL VAL_JSONL \
+    TRAIN_N EVAL_N SEED MAX_PROMPT_TOKENS RECIPE SAVE_STEPS RUN_ID OUTPUT_DIR RESUME_FROM_CHECKPOINT WANDB_PROJECT \
+    WANDB_NAME
   sdpo_schedule
   echo "credentials:"
   sdpo_show_secrets ANTHROPIC_API_KEY WANDB_API_KEY HF_TOKEN
 
-  local hint="make it with $PREPARE_SCRIPT"
+  local hint="make it with $PREPARE_SCRIPT" name
   sdpo_require_file TRAIN_JSONL "$hint"
-  sdpo_require_file VAL_JSONL "$hint"
+  if [[ -n "${VAL_JSONL:-}" ]]; then sdpo_require_file VAL_JSONL "$hint"; fi
   sdpo_require_file RECIPE "a YAML file of GRPOConfig fields, see recipes/"
   if [[ -n "${PERSONA_FILE:-}" ]]; then sdpo_require_file PERSONA_FILE "a YAML or JSON file of style -> persona"; fi
   sdpo_launcher
   sdpo_wandb
 
-  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/train.py" --config "$RECIPE"
-    --train_jsonl "$TRAIN_JSONL" --val_jsonl "$VAL_JSONL" --train_n "$TRAIN_N")
-  if [[ -n "${EVAL_N:-}" ]]; then cmd+=(--eval_n "$EVAL_N"); fi
-  cmd+=(--seed "$SEED" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --system_prompt "$SYSTEM_PROMPT"
-    --model_name_or_path "$MODEL_NAME_OR_PATH" "${SIMULATOR_ARGS[@]}" --style "$STYLE"
-    --learning_rate "$LR" --per_device_train_batch_size "$BS" --gradient_accumulation_steps "$GA"
+  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/$ENTRY" --config "$RECIPE" --train_jsonl "$TRAIN_JSONL")
+  for name in VAL_JSONL TRAIN_N EVAL_N; do
+    if [[ -n "${!name:-}" ]]; then cmd+=("--${name,,}" "${!name}"); fi
+  done
+  cmd+=(--seed "$SEED" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --model_name_or_path "$MODEL_NAME_OR_PATH"
+    "${MODE_ARGS[@]}" --learning_rate "$LR" --per_device_train_batch_size "$BS" --gradient_accumulation_steps "$GA"
     --save_steps "$SAVE_STEPS" --output_dir "$OUTPUT_DIR" --report_to wandb --run_name "$WANDB_NAME")
-  if [[ -n "${PERSONA_FILE:-}" ]]; then cmd+=(--persona_file "$PERSONA_FILE"); fi
   if [[ -n "${RESUME_FROM_CHECKPOINT:-}" ]]; then cmd+=(--resume_from_checkpoint "$RESUME_FROM_CHECKPOINT"); fi
   cmd+=("${PASSTHROUGH[@]}")
   sdpo_print_and_run "${cmd[@]}"
+}
+
+# The online experiments' own flags and variables: the policy's system prompt and the simulated user.
+sdpo_online_mode() {
+  ENTRY=train.py
+  RUN_TAG=$STYLE
+  SHOWN_MODE_VARS=("${SHOWN_SIMULATOR_VARS[@]}" STYLE PERSONA_FILE SYSTEM_PROMPT)
+  MODE_ARGS=(--system_prompt "$SYSTEM_PROMPT" "${SIMULATOR_ARGS[@]}" --style "$STYLE")
+  if [[ -n "${PERSONA_FILE:-}" ]]; then MODE_ARGS+=(--persona_file "$PERSONA_FILE"); fi
+}
+
+# The data preparation shared by the prepare_data_*.sh scripts. The caller sets TASK (a prepare_data.py task),
+# WHAT (one line on what it writes) and DEFAULT_OUT (a folder under data/), then calls this with "$@".
+sdpo_prepare_usage() {
+  cat <<USAGE
+usage: [VAR=value ...] scripts/$SDPO_SCRIPT [--dry-run] [-- extra prepare_data.py arguments]
+
+Writes train.jsonl and validation.jsonl of $WHAT.
+Variables (default):
+  OUT_DIR      output folder (./$DEFAULT_OUT in the repository)
+  DATA_SOURCE  local copy of the dataset to read instead of the Hub: a save_to_disk folder, or a folder of
+               parquet/JSON files named by split (unset: download from the Hub)
+  PYTHON       python to run prepare_data.py with (python)
+Options:
+  --dry-run   print the settings and the exact command, run nothing
+  -h, --help  this help
+USAGE
+}
+
+sdpo_prepare() {
+  usage() { sdpo_prepare_usage; }
+  sdpo_parse_args "$@"
+  : "${OUT_DIR:=$SDPO_ROOT/$DEFAULT_OUT}"
+  echo "settings:"
+  sdpo_show OUT_DIR DATA_SOURCE
+  echo "credentials:"
+  sdpo_show_secrets HF_TOKEN
+  local cmd=("${PYTHON:-python}" "$SDPO_ROOT/prepare_data.py" "$TASK" --out_dir "$OUT_DIR")
+  if [[ -n "${DATA_SOURCE:-}" ]]; then
+    if [[ ! -f "$DATA_SOURCE" ]]; then
+      sdpo_require_dir DATA_SOURCE "a save_to_disk folder, or a folder of parquet/JSON files named by split"
+    fi
+    cmd+=(--source "$DATA_SOURCE")
+  fi
+  sdpo_print_and_run "${cmd[@]}" "${PASSTHROUGH[@]}"
 }

@@ -64,4 +64,5 @@ if [[ -n "${CLAUDE_MODEL:-}" ]]; then SIMULATOR_ARGS=(--claude_model "$CLAUDE_MO
 sdpo_parse_args "$@"
 sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
   "scripts/train_online_sdpo_tldr.sh, whose user model runs locally"
+sdpo_online_mode
 sdpo_train

@@ -60,4 +60,5 @@ PREPARE_SCRIPT=scripts/prepare_data_tldr.sh
 SHOWN_SIMULATOR_VARS=(USER_MODEL_NAME_OR_PATH)
 SIMULATOR_ARGS=(--user_model_name_or_path "$USER_MODEL_NAME_OR_PATH")
 sdpo_parse_args "$@"
+sdpo_online_mode
 sdpo_train

@@ -14,6 +14,7 @@ from conversations import check_conversation, fit_prompt, interaction_samples, l
 from offline_trainer import OfflineSDPOConfig, first_tokens_mask, signal_weighted_nll
 from run_files import RUN_SETTINGS_NAME
 from sdpo_trainer import TOKEN_LOG_NAME
+from test_trainer import reference_logps
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "conversations.jsonl"
@@ -65,6 +66,8 @@ def test_budgets_drop_early_exchanges_never_the_request_y_or_o():
     fitted, dropped = fit_prompt(long_history, count, 25)
     assert dropped == 2 and fitted[0] == long_history[0] and fitted[-1] == msg("user", "q")
     assert fit_prompt(long_history, count, 0) == (None, 3)  # even the request alone is over: the sample is dropped
+    fitted, dropped = fit_prompt(long_history, count, None, max_messages=3)  # the request and one exchange before it
+    assert dropped == 2 and [m["role"] for m in fitted] == ["system", "user", "assistant", "user"]
 
 
 def test_the_offline_loss_by_hand():
@@ -82,14 +85,6 @@ def test_the_shipped_sample_loads_with_counted_filters(model_dir):
                                              max_samples_per_conversation=1)
     assert counts["conversations"] == 6 and counts["samples"] == 10 and counts["over_cap"] == 4
     assert len(data) == 6 and set(data.column_names) == {"prompt", "completion", "feedback"}
-
-
-def reference_logps(model, tokenizer, context, ids):
-    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(torch.tensor([context_ids + ids])).logits[0].float()
-    logps = torch.log_softmax(logits, dim=-1)
-    return [logps[len(context_ids) - 1 + i, t].item() for i, t in enumerate(ids)]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,49 @@
+"""The command-line arguments both training entry points share, so that the same setting has the same flag name
+online (train.py) and offline (train_offline.py). Checked on parsing, before any model loads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+
+@dataclass
+class DataArguments:
+    """The training data and the policy (training hyper-parameters live in the SDPO config)."""
+
+    # Where to get the data, named in the error for a missing --train_jsonl.
+    DATA_HINT: ClassVar[str] = "a JSONL file"
+
+    train_jsonl: Optional[str] = field(
+        default=None,
+        metadata={"help": 'Training data, JSONL: one {"prompt": "..."} per line online (train.py), one '
+                          '{"messages": [...]} conversation per line offline (train_offline.py).'},
+    )
+    val_jsonl: Optional[str] = field(default=None, metadata={"help": "Validation data, same format (optional)."})
+    train_n: Optional[int] = field(default=None, metadata={"help": "Use a seeded random subset of this many samples."})
+    eval_n: Optional[int] = field(default=None, metadata={"help": "Use this many validation samples."})
+    max_prompt_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "Longest chat-formatted prompt in tokens (default: --max_prompt_length, so that no prompt "
+                          "is silently truncated). Online, longer prompts are dropped; offline, they lose their "
+                          "earliest exchanges first."},
+    )
+    model_name_or_path: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."})
+
+    def __post_init__(self):
+        if self.train_jsonl is None:
+            raise ValueError(f"--train_jsonl is required ({self.DATA_HINT})")
+        for flag in ("train_jsonl", "val_jsonl"):
+            path = getattr(self, flag)
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"--{flag}: no such file: {path}")
+        check_positive(self, "train_n", "eval_n", "max_prompt_tokens")
+
+
+def check_positive(args, *flags: str) -> None:
+    """Each named flag, when set, must be >= 1."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {value}")
