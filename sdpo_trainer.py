@@ -213,6 +213,13 @@ def micro_batch_normalizer(
     return generation_normalizer * gradient_accumulation_steps / (steps_per_generation * num_processes)
 
 
+def cpu_processes_need_use_cpu(use_cpu: bool, cuda_available: bool, world_size: int) -> bool:
+    """Whether a launch must turn `use_cpu` on: without it, TrainingArguments sets up no process group on a machine
+    without a GPU, and each of several processes would train alone on the same samples. With it they join over gloo.
+    """
+    return not use_cpu and not cuda_available and world_size > 1
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,6 +323,10 @@ class OnlineSDPOConfig(GRPOConfig):
             # without a GPU; an explicit `bf16: true` (as in the recipes) is still honoured or refused.
             logger.info("No GPU: bf16 is off (pass --bf16 true to force it)")
             self.bf16 = False
+        if cpu_processes_need_use_cpu(self.use_cpu, torch.cuda.is_available(), int(os.environ.get("WORLD_SIZE", "1"))):
+            logger.info("No GPU under a %s-process launch: use_cpu is on, processes train together over gloo",
+                        os.environ["WORLD_SIZE"])
+            self.use_cpu = True
         if self.max_teacher_prompt_length is None and self.max_prompt_length is not None:
             self.max_teacher_prompt_length = self.max_prompt_length + 512
         try:

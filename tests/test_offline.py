@@ -2,6 +2,10 @@
 whose per-token signal is recomputed with plain transformers."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,12 +94,8 @@ def test_the_shipped_sample_loads_with_counted_filters(model_dir):
 @pytest.fixture(scope="module")
 def offline_run(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("offline")
-    args = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig)).parse_args_and_config([
-        "--train_jsonl", str(SAMPLE), "--model_name_or_path", model_dir, "--output_dir", str(out),
-        "--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "1", "--learning_rate", "1e-4",
-        "--max_prompt_length", "512", "--max_completion_length", "128", "--token_log_samples", "2",
-        "--logging_steps", "1", "--report_to", "none", "--bf16", "false", "--seed", "5",
-    ])
+    args = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig)).parse_args_and_config(
+        offline_flags(model_dir, out))
     train_offline.main(*args)
     return out
 
@@ -124,3 +124,40 @@ def test_offline_signal_equals_plain_transformers(offline_run, model_dir):
         student = reference_logps(model, tokenizer, record["student_context"], ids)
         teacher = reference_logps(model, tokenizer, record["teacher_context"], ids)
         assert record["signal"] == pytest.approx([t - s for t, s in zip(teacher, student)], abs=3e-3)
+
+
+def offline_flags(model_dir, output_dir, *extra):
+    return ["--train_jsonl", str(SAMPLE), "--model_name_or_path", model_dir, "--output_dir", str(output_dir),
+            "--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "1", "--learning_rate", "1e-4",
+            "--max_prompt_length", "512", "--max_completion_length", "128", "--token_log_samples", "2",
+            "--logging_steps", "1", "--report_to", "none", "--bf16", "false", "--seed", "5", *extra]
+
+
+def test_a_resumed_offline_run_ends_where_the_uninterrupted_one_did(offline_run, model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(offline_run / "checkpoint-1", resumed / "checkpoint-1")
+    parser = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig))
+    train_offline.main(*parser.parse_args_and_config(
+        offline_flags(model_dir, resumed, "--resume_from_checkpoint", "last")))
+    expected, got = load_file(offline_run / "checkpoint-2" / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)  # no sampling offline: bit for bit
+
+
+def test_two_processes_split_the_samples_and_keep_each_reply_with_its_answer(model_dir, tmp_path):
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--standalone", "--nproc_per_node=2", str(REPO / "train_offline.py"),
+               *offline_flags(model_dir, tmp_path / "two", "--per_device_train_batch_size", "1", "--max_steps", "1",
+                              "--save_strategy", "no")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    settings = json.loads((tmp_path / "two" / RUN_SETTINGS_NAME).read_text())
+    assert settings["interactions"] == {"answers": 0, "with_feedback": 0}  # written before the first step
+    records = [json.loads(line) for line in (tmp_path / "two" / TOKEN_LOG_NAME).read_text().splitlines()]
+    assert len(records) == 2 and records[0]["completion"] != records[1]["completion"]  # one sample from each rank
+    conversations = [m for _, m in read_conversations(str(SAMPLE))]
+    pairs = {(s["completion"], s["feedback"]) for c in conversations for s in interaction_samples(c)}
+    assert all((r["completion"], r["feedback"]) in pairs for r in records)

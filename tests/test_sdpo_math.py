@@ -10,6 +10,7 @@ from sdpo_trainer import (
     DEFAULT_HINDSIGHT_TEMPLATE,
     OnlineSDPOConfig,
     aggregate_loss,
+    cpu_processes_need_use_cpu,
     fit_request,
     hindsight_messages,
     leave_one_out_baseline,
@@ -196,3 +197,11 @@ def test_config_defaults_to_full_precision_without_a_gpu(tmp_path):
 def test_config_parses_template_kwargs_from_json(tmp_path):
     config = OnlineSDPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[], chat_template_kwargs='{"enable_thinking": true}')
     assert config.chat_template_kwargs == {"enable_thinking": True}
+
+
+def test_several_processes_without_a_gpu_train_together():
+    # (use_cpu, GPU, processes): only several processes on a machine without a GPU need it turned on.
+    assert cpu_processes_need_use_cpu(False, False, 2)
+    assert not cpu_processes_need_use_cpu(True, False, 2)
+    assert not cpu_processes_need_use_cpu(False, True, 4)
+    assert not cpu_processes_need_use_cpu(False, False, 1)
