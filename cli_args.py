@@ -3,9 +3,10 @@ online (train.py) and offline (train_offline.py). Checked on parsing, before any
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 
 @dataclass
@@ -47,3 +48,19 @@ def check_positive(args, *flags: str) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag} must be >= 1, got {value}")
+
+
+def train_and_save(trainer, resume: Optional[str]) -> None:
+    """Train, then save the model; a run stopped by a signal (its checkpoint saved) ends with the signal's code."""
+    trainer.train(resume_from_checkpoint=resume)
+    exit_code = trainer.save_final()
+    if exit_code is not None:
+        raise SystemExit(exit_code)
+
+
+def run_cli(main: Callable, *argument_classes) -> None:
+    """Parse the command line (and any `--config` recipe) into the dataclasses, then call `main` with them."""
+    from trl import TrlParser
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(*TrlParser(argument_classes).parse_args_and_config())

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from transformers import AutoTokenizer
-from trl import TrlParser
 
 from personas import persona_catalogue, resolve_style
 from prompts import SYSTEM_PROMPTS, load_prompt_dataset, prompt_token_limit
@@ -24,7 +23,7 @@ from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from chat_clients import DEFAULT_CLAUDE_MODEL
 from claude_user import ClaudeStyleUserSimulator
-from cli_args import DataArguments, check_positive
+from cli_args import DataArguments, check_positive, run_cli, train_and_save
 from user_simulator import StyleUserSimulator, UserSimulator
 
 logger = logging.getLogger(__name__)
@@ -171,13 +170,8 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
             "val_jsonl": script_args.val_jsonl,
         },
     )
-    trainer.train(resume_from_checkpoint=resume)
-    exit_code = trainer.save_final()
-    if exit_code is not None:
-        raise SystemExit(exit_code)
+    train_and_save(trainer, resume)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = TrlParser((ScriptArguments, OnlineSDPOConfig))
-    main(*parser.parse_args_and_config())
+    run_cli(main, ScriptArguments, OnlineSDPOConfig)

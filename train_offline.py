@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from transformers import AutoTokenizer
-from trl import TrlParser
 
-from cli_args import DataArguments, check_positive
+from cli_args import DataArguments, check_positive, run_cli, train_and_save
 from conversations import load_conversation_dataset
 from offline_trainer import OfflineSDPOConfig, OfflineSDPOTrainer
 from prompts import prompt_token_limit
@@ -74,13 +73,8 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) 
         run_settings={"mode": "offline", "train_jsonl": script_args.train_jsonl, "val_jsonl": script_args.val_jsonl,
                       "data_counts": counts, "ignore_first_tokens": training_args.ignore_first_tokens},
     )
-    trainer.train(resume_from_checkpoint=resume)
-    exit_code = trainer.save_final()
-    if exit_code is not None:
-        raise SystemExit(exit_code)
+    train_and_save(trainer, resume)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = TrlParser((OfflineScriptArguments, OfflineSDPOConfig))
-    main(*parser.parse_args_and_config())
+    run_cli(main, OfflineScriptArguments, OfflineSDPOConfig)

@@ -37,7 +37,9 @@ TRAINING = {
                       max_prompt_tokens="512", system_prompt="general", project="sdpo-helpsteer2"),
 }
 PREPARE = {"tldr": ("prepare_data_tldr.sh", "data/tldr_prompts_unique"),
-           "helpsteer": ("prepare_data_helpsteer.sh", "data/helpsteer2_prompts")}
+           "helpsteer": ("prepare_data_helpsteer.sh", "data/helpsteer2_prompts"),
+           "wildchat": ("prepare_data_wildchat.sh", "data/wildchat_conversations"),
+           "wildfeedback": ("prepare_data_wildfeedback.sh", "data/wildfeedback_conversations")}
 ALL_SCRIPTS = [TRAINING[e]["script"] for e in TRAINING] + [PREPARE[e][0] for e in PREPARE]
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-MARKER-a1b2c3", "WANDB_API_KEY": "wandb-MARKER-d4e5f6",
            "HF_TOKEN": "hf_MARKER_g7h8i9"}
@@ -409,3 +411,40 @@ def test_schedule_warns_when_train_n_is_less_than_a_step(tmp_path):
     result = run("train_online_sdpo_tldr.sh", "--dry-run", env={"OUTPUT_DIR": str(tmp_path), "TRAIN_N": "10"})
     assert result.returncode == 0 and "nothing would train" in result.stderr
     assert "-> 0 steps, 0 interactions" in result.stdout and "checkpoints at steps: none" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ offline
+def test_offline_dry_run_has_the_authors_settings_and_parses_with_train_offline(tmp_path):
+    """The offline script's defaults are the authors' (Qwen3-8B, LR 2e-6, BS 4, GA 8, 2 epochs), and
+    train_offline.py's own parser accepts every flag it passes, with the recipe underneath."""
+    from trl import TrlParser
+
+    import train_offline
+    from offline_trainer import OfflineSDPOConfig
+
+    env = {"TRAIN_JSONL": str(REPO / "data/sample/conversations.jsonl"), "OUTPUT_DIR": str(tmp_path / "out")}
+    proc = run("train_offline_sdpo.sh", "--dry-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    argv = printed_command(proc.stdout)
+    assert argv[:5] == ["accelerate", "launch", "--num_processes", "4", str(REPO / "train_offline.py")]
+    assert "TRAIN_N unset: every sample is used, BS x GA x WORLD_SIZE = 128 a step" in proc.stdout
+    one = printed_command(run("train_offline_sdpo.sh", "--dry-run", "--", "--use_cpu", "true",
+                              env={**env, "WORLD_SIZE": "1", "TRAIN_N": "64"}).stdout)
+    script_args, config = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig)).parse_args_and_config(
+        args=one[2:])
+    assert (config.learning_rate, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (
+        2e-6, 4, 8)
+    assert config.num_train_epochs == 2 and config.lr_scheduler_type == "cosine" and config.warmup_ratio == 0.05
+    assert config.advantage_baseline == "none" and config.ignore_first_tokens == 2 and config.loss_type == "grpo"
+    assert script_args.model_name_or_path == "Qwen/Qwen3-8B" and script_args.train_n == 64
+    assert script_args.max_history_messages == 5
+
+
+def test_offline_demo_dry_run(tmp_path):
+    proc = run("demo_offline.sh", "--dry-run", env={"OUT_DIR": str(tmp_path / "demo"), "PYTHON": "py"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    train, heatmap = (shlex.split(line) for line in lines[lines.index("commands:") + 1:][:2])
+    assert train[:2] == ["py", str(REPO / "train_offline.py")]
+    assert train[train.index("--train_jsonl") + 1] == str(REPO / "data/sample/conversations.jsonl")
+    assert heatmap[heatmap.index("--token_log") + 1] == str(tmp_path / "demo" / "token_logps.jsonl")
