@@ -86,65 +86,88 @@ def fit_prompt(
     return system + turns, dropped
 
 
-def load_conversation_dataset(
-    path: str,
-    tokenizer,
-    *,
-    max_prompt_tokens: Optional[int] = None,
-    max_completion_tokens: Optional[int] = None,
-    max_samples_per_conversation: Optional[int] = None,
-    max_history_messages: Optional[int] = None,
-    n: Optional[int] = None,
-    seed: int = 42,
-    chat_template_kwargs: Optional[dict] = None,
-):
-    """The samples of a conversations file as a `datasets.Dataset` of prompt / completion / feedback, and the counts
-    of what each filter removed. y and o are never cut: a sample whose answer is over `max_completion_tokens` is
-    dropped, and a prompt over `max_prompt_tokens` loses its earliest exchanges first (each counted)."""
+def token_limit_problem(tokens: dict[str, int], limits: dict[str, tuple[Optional[int], Optional[int]]]) -> Optional[str]:
+    """The first `<part>_too_short` / `<part>_too_long` among `tokens` (part -> length) against `limits`
+    (part -> (min, max), None for no bound), or None when every part is within its bounds."""
+    for part, (low, high) in limits.items():
+        if low is not None and tokens[part] < low:
+            return f"{part}_too_short"
+        if high is not None and tokens[part] > high:
+            return f"{part}_too_long"
+    return None
+
+
+class SampleFilter:
+    """The sample-level filters of `load_conversation_dataset`, applied conversation by conversation, with counts.
+
+    `token_limits` bounds the tokens of the `request` (the user turn y answers), the `completion` y (its EOS
+    included) and the `feedback` o: part -> (min, max), None for no bound. y and o are never cut: a sample outside
+    the bounds is dropped. A prompt over `max_prompt_tokens` or `max_history_messages` loses its earliest exchanges.
+    """
+
+    def __init__(self, tokenizer, *, max_prompt_tokens=None, token_limits=None, max_samples_per_conversation=None,
+                 max_history_messages=None, chat_template_kwargs=None):
+        self.tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+        self.token_limits = token_limits or {}
+        self.cap = max_samples_per_conversation
+        self.max_history_messages = max_history_messages
+        self.template_kwargs = chat_template_kwargs or {}
+        self.seen: set[str] = set()
+        self.counts = {"conversations": 0, "samples": 0, "empty_turn": 0, "prompt_too_long": 0, "over_cap": 0,
+                       "duplicate": 0, "early_exchanges_dropped": 0}
+
+    def _prompt_tokens(self, messages) -> int:
+        return len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **self.template_kwargs))
+
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _problem(self, sample, prompt, key, kept) -> Optional[str]:
+        if not sample["completion"].strip() or not sample["feedback"].strip():
+            return "empty_turn"
+        if prompt is None:
+            return "prompt_too_long"
+        if key in self.seen:
+            return "duplicate"
+        if self.cap is not None and kept >= self.cap:
+            return "over_cap"
+        lengths = {"request": self._tokens(sample["prompt"][-1]["content"]),
+                   "completion": self._tokens(sample["completion"]) + 1, "feedback": self._tokens(sample["feedback"])}
+        return token_limit_problem(lengths, self.token_limits)
+
+    def conversation(self, messages: list[dict[str, str]]) -> list[dict]:
+        """The samples of one conversation that pass every filter, each prompt fitted to its budgets."""
+        self.counts["conversations"] += 1
+        kept = []
+        for sample in interaction_samples(messages):
+            self.counts["samples"] += 1
+            prompt, dropped = fit_prompt(sample["prompt"], self._prompt_tokens, self.max_prompt_tokens,
+                                         self.max_history_messages)
+            key = repr((prompt, sample["completion"], sample["feedback"]))
+            problem = self._problem(sample, prompt, key, len(kept))
+            if problem is not None:
+                self.counts[problem] = self.counts.get(problem, 0) + 1
+                continue
+            self.seen.add(key)
+            self.counts["early_exchanges_dropped"] += dropped
+            kept.append({**sample, "prompt": prompt})
+        return kept
+
+
+def load_conversation_dataset(path: str, tokenizer, *, n: Optional[int] = None, seed: int = 42, **filters):
+    """The samples of a conversations file as a shuffled `datasets.Dataset` of prompt / completion / feedback (a
+    seeded subset of `n`), and the count each filter removed; `filters` are `SampleFilter`'s settings."""
     import datasets
 
-    kwargs = chat_template_kwargs or {}
-
-    def prompt_tokens(messages):
-        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, **kwargs))
-
-    counts = {"conversations": 0, "samples": 0, "empty_turn": 0, "prompt_too_long": 0, "completion_too_long": 0,
-              "over_cap": 0, "duplicate": 0, "early_exchanges_dropped": 0}
-    rows, seen = [], set()
-    for _, messages in read_conversations(path):
-        counts["conversations"] += 1
-        kept = 0
-        for sample in interaction_samples(messages):
-            counts["samples"] += 1
-            if not sample["completion"].strip() or not sample["feedback"].strip():
-                counts["empty_turn"] += 1
-                continue
-            if max_completion_tokens is not None and (
-                len(tokenizer(sample["completion"], add_special_tokens=False)["input_ids"]) + 1 > max_completion_tokens
-            ):
-                counts["completion_too_long"] += 1
-                continue
-            prompt, dropped = fit_prompt(sample["prompt"], prompt_tokens, max_prompt_tokens, max_history_messages)
-            if prompt is None:
-                counts["prompt_too_long"] += 1
-                continue
-            key = repr((prompt, sample["completion"], sample["feedback"]))
-            if key in seen:
-                counts["duplicate"] += 1
-                continue
-            if max_samples_per_conversation is not None and kept >= max_samples_per_conversation:
-                counts["over_cap"] += 1
-                continue
-            seen.add(key)
-            kept += 1
-            counts["early_exchanges_dropped"] += dropped
-            rows.append({**sample, "prompt": prompt})
+    sample_filter = SampleFilter(tokenizer, **filters)
+    rows = [row for _, messages in read_conversations(path) for row in sample_filter.conversation(messages)]
     if not rows:
-        raise ValueError(f"{path}: no sample left after filtering ({counts})")
+        raise ValueError(f"{path}: no sample left after filtering ({sample_filter.counts})")
     data = datasets.Dataset.from_list(rows).shuffle(seed=seed)
     if n is not None:
         data = data.select(range(min(n, len(data))))
-    return data, counts
+    return data, sample_filter.counts
 
 
 # -- Preparing logged datasets (WildChat, WildFeedback, a team's own logs) into this format ---------------------

@@ -166,6 +166,13 @@ def ppo_clip_token_loss(
     return -torch.min(ratio * advantages, clipped * advantages), ratio
 
 
+def derangement(n: int) -> list[int]:
+    """A stranger for each of `n` samples: sample i is paired with i + 1 (the last with the first), never itself."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 samples, got {n}")
+    return [(i + 1) % n for i in range(n)]
+
+
 def loss_normalizer(loss_type: str, *, answers: float, tokens: float, max_completion_length: Optional[int]) -> float:
     """What the summed loss of one optimizer step is divided by, given the answers and tokens that carry feedback.
 
@@ -282,6 +289,24 @@ class OnlineSDPOConfig(GRPOConfig):
             "help": f"Records appended to <output_dir>/{TOKEN_LOG_NAME} per logging step (0 turns the log off)."
         },
     )
+    specificity_samples: int = field(
+        default=4,
+        metadata={
+            "help": "Samples per process scored again at each logging step with another sample's feedback (never "
+            "their own), for sdpo/feedback_specificity: is the policy reading its user? 0 turns it off."
+        },
+    )
+    specificity_warn_after: int = field(
+        default=5,
+        metadata={
+            "help": "Warn when sdpo/feedback_specificity stays below specificity_min for this many logging steps in "
+            "a row (0: never)."
+        },
+    )
+    specificity_min: float = field(
+        default=0.02,
+        metadata={"help": "The feedback specificity under which the policy is taken not to read its feedback."},
+    )
 
     def __post_init__(self):
         if isinstance(self.chat_template_kwargs, str):
@@ -316,8 +341,9 @@ class OnlineSDPOConfig(GRPOConfig):
             raise ValueError("use_liger_loss is not supported: the Liger GRPO loss takes one advantage per sequence")
         if self.log_completions:
             raise ValueError(f"log_completions is not supported; read <output_dir>/{TOKEN_LOG_NAME} instead")
-        if self.token_log_samples < 0:
-            raise ValueError(f"token_log_samples must be >= 0, got {self.token_log_samples}")
+        for name in ("token_log_samples", "specificity_samples", "specificity_warn_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.bf16 is None and not self.fp16 and not self.use_cpu and not torch.cuda.is_available():
             # GRPOConfig turns bf16 on whenever it is unset, which TrainingArguments then refuses on a machine
             # without a GPU; an explicit `bf16: true` (as in the recipes) is still honoured or refused.
@@ -500,6 +526,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
         self.run_settings = dict(run_settings or {})
         self.token_log = TokenLog(Path(args.output_dir) / TOKEN_LOG_NAME, args.token_log_samples)
         self.add_callback(RunSettingsWriter(self.sdpo_settings))
+        self._flat_specificity = 0  # logging steps in a row whose feedback specificity was under specificity_min
         # Answers generated in training and those the user replied to, over all processes: the x-axis of the paper's
         # win-rate curves. Saved with every checkpoint and restored on resume.
         self.interactions = {"answers": 0, "with_feedback": 0}
@@ -620,9 +647,13 @@ class OnlineSDPOTrainer(GRPOTrainer):
         teacher_logps, teacher_lengths = self._teacher_logps(
             list(teacher_texts), batch["completion_ids"], batch["completion_mask"]
         )
+        unrelated_logps, stranger_feedback = self._stranger_teacher_pass(messages, feedback, has_feedback, batch,
+                                                                         teacher_logps)
         output = {
             **batch,
             "teacher_per_token_logps": teacher_logps,
+            "unrelated_teacher_logps": unrelated_logps,
+            "stranger_feedback": stranger_feedback,
             "has_feedback": has_feedback,
             "loss_normalizer": self._loss_normalizer(batch["completion_mask"], has_feedback),
             "generation_step": torch.full((len(inputs),), self.state.global_step, device=device),
@@ -666,6 +697,33 @@ class OnlineSDPOTrainer(GRPOTrainer):
             # exactly what y follows, after any truncation
             "student_context": self.tokenizer.batch_decode(prompt_ids_list),
         }
+
+    def _stranger_teacher_pass(self, messages, feedback, has_feedback, batch, teacher_logps):
+        """At logging steps, up to `specificity_samples` answers scored again with another sample's feedback.
+
+        Returns the teacher log-probs under the stranger's feedback (zeros for rows not re-scored) and, per row, the
+        stranger's feedback or None. A stranger whose feedback reads the same as the sample's own gives the same
+        context, so its log-probs are the sample's own, and the specificity is exactly 0 when all feedback agrees.
+        """
+        unrelated = torch.zeros_like(teacher_logps)
+        strangers: list[Optional[str]] = [None] * len(feedback)
+        due = self.model.training and self.state.global_step % max(int(self.args.logging_steps), 1) == 0
+        if not due or self.args.specificity_samples == 0 or len(feedback) < 2:
+            return unrelated, strangers
+        stranger = derangement(len(feedback))
+        chosen = [i for i in range(len(feedback)) if has_feedback[i] and has_feedback[stranger[i]]]
+        rescore = []
+        for i in chosen[: self.args.specificity_samples]:
+            strangers[i] = feedback[stranger[i]]
+            if strangers[i] == feedback[i]:
+                unrelated[i] = teacher_logps[i]
+            else:
+                rescore.append(i)
+        if rescore:
+            texts = [self.teacher_context(messages[i], strangers[i])[0] for i in rescore]
+            logps, _ = self._teacher_logps(texts, batch["completion_ids"][rescore], batch["completion_mask"][rescore])
+            unrelated[rescore] = logps
+        return unrelated, strangers
 
     def _fixed_answers(self, messages: list[list[dict[str, str]]], completions: list[str]) -> dict[str, Any]:
         """The batch of `_generate_answers` for answers given as text (logged, or chosen for analysis), EOS appended
@@ -846,11 +904,29 @@ class OnlineSDPOTrainer(GRPOTrainer):
         self._log_mean(mode, "sdpo/student_logp", masked_mean(student, with_feedback))
         self._log_mean(mode, "sdpo/advantage_abs_mean", masked_mean(advantages.abs(), with_feedback))
         self._log_mean(mode, "entropy", masked_mean(entropies, mask))
+        self._log_specificity(mode, inputs, signal.abs(), (inputs["unrelated_teacher_logps"] - student).abs(), mask)
         low = (ratio < 1 - self.epsilon_low) & (advantages < 0)
         high = (ratio > 1 + self.epsilon_high) & (advantages > 0)
         self._log_mean(mode, "clip_ratio/low_mean", masked_mean(low.float(), mask))
         self._log_mean(mode, "clip_ratio/high_mean", masked_mean(high.float(), mask))
         self._log_mean(mode, "clip_ratio/region_mean", masked_mean((low | high).float(), mask))
+
+    def _log_specificity(self, mode, inputs, own_abs, unrelated_abs, mask) -> None:
+        """Mean |signal| under each re-scored sample's own feedback and under a stranger's, and their difference.
+
+        Logged only for micro-batches that hold re-scored samples (on any process), so no window averages in zeros.
+        """
+        rows = torch.tensor([s is not None for s in inputs["stranger_feedback"]], device=mask.device)
+        rescored = mask * rows.long().unsqueeze(1)
+        values = torch.stack([masked_mean(own_abs, rescored), masked_mean(unrelated_abs, rescored)])
+        present = self.accelerator.gather(rows.any().float().unsqueeze(0))
+        gathered = self.accelerator.gather(values.detach().unsqueeze(0))[present.bool()]
+        if gathered.numel() == 0:
+            return
+        own, unrelated = gathered.mean(dim=0).tolist()
+        self._metrics[mode]["sdpo/signal_abs_own"].append(own)
+        self._metrics[mode]["sdpo/signal_abs_unrelated"].append(unrelated)
+        self._metrics[mode]["sdpo/feedback_specificity"].append(own - unrelated)
 
     # -- the token log -----------------------------------------------------------------------------------------
 
@@ -872,6 +948,11 @@ class OnlineSDPOTrainer(GRPOTrainer):
                     "logp_student": student_logps[i][keep].tolist(),
                     "logp_teacher": inputs["teacher_per_token_logps"][i][keep].tolist(),
                     "signal": signal[i][keep].tolist(),
+                    "stranger_feedback": inputs["stranger_feedback"][i],
+                    "signal_unrelated": (
+                        None if inputs["stranger_feedback"][i] is None
+                        else (inputs["unrelated_teacher_logps"][i][keep].float() - student_logps[i][keep]).tolist()
+                    ),
                 }
             )
         return records
@@ -890,6 +971,20 @@ class OnlineSDPOTrainer(GRPOTrainer):
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         super().log(logs, start_time)
         self.token_log.flush(write=self.accelerator.is_main_process)
+        self._watch_specificity(logs.get("sdpo/feedback_specificity"))
+
+    def _watch_specificity(self, specificity: Optional[float]) -> None:
+        """Warn once when the policy's signal, logging step after logging step, barely depends on its own feedback."""
+        if specificity is None or self.args.specificity_warn_after == 0:
+            return
+        self._flat_specificity = self._flat_specificity + 1 if specificity < self.args.specificity_min else 0
+        if self._flat_specificity == self.args.specificity_warn_after:
+            logger.warning(
+                "sdpo/feedback_specificity has stayed below %s for %d logging steps: the policy does not seem to read "
+                "its user's feedback (a stranger's feedback moves its signal as much as its own). SDPO learns little "
+                "then; check the policy's size, the persona and the hindsight template (visualize_signal.py cases).",
+                self.args.specificity_min, self._flat_specificity,
+            )
 
     @property
     def token_log_path(self) -> Path:
@@ -992,5 +1087,7 @@ class OnlineSDPOTrainer(GRPOTrainer):
             "feedback_text": list(feedbacks),
             "student_context": student_texts,
             "teacher_context": teacher_texts,
+            "stranger_feedback": [None] * len(prompts),
+            "unrelated_teacher_logps": torch.zeros_like(teacher),
         }
         return self._token_records(inputs, student.float(), (teacher - student).float())

@@ -39,10 +39,24 @@ class OfflineScriptArguments(DataArguments):
     max_samples_per_conversation: Optional[int] = field(
         default=None, metadata={"help": "Keep at most this many (answer, reply) samples of one conversation."}
     )
+    min_request_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Drop samples whose request (the user turn y answers) is shorter."}
+    )
+    min_completion_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Drop samples whose logged answer y is shorter (its longest is "
+                                        "max_completion_length)."}
+    )
+    min_feedback_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Drop samples whose user reply o is shorter."}
+    )
+    max_feedback_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Drop samples whose user reply o is longer (o is never cut)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "max_history_messages", "max_samples_per_conversation")
+        check_positive(self, "max_history_messages", "max_samples_per_conversation", "min_request_tokens",
+                       "min_completion_tokens", "min_feedback_tokens", "max_feedback_tokens")
 
 
 def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) -> None:
@@ -51,7 +65,11 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) 
     load = dict(
         tokenizer=tokenizer,
         max_prompt_tokens=prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length),
-        max_completion_tokens=training_args.max_completion_length,
+        token_limits={
+            "request": (script_args.min_request_tokens, None),
+            "completion": (script_args.min_completion_tokens, training_args.max_completion_length),
+            "feedback": (script_args.min_feedback_tokens, script_args.max_feedback_tokens),
+        },
         max_samples_per_conversation=script_args.max_samples_per_conversation,
         max_history_messages=script_args.max_history_messages,
         seed=training_args.seed,

@@ -25,6 +25,14 @@ def main(run_dir: Path) -> None:
     for step in sorted({r["step"] for r in records}):
         values = [v for r in records if r["step"] == step for v in r["signal"]]
         print(f"  step {step}: {statistics.fmean(values):+.3f} (mean |signal| {statistics.fmean(map(abs, values)):.3f})")
+    state = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    specificity = [(e["step"], e) for e in state["log_history"] if "sdpo/feedback_specificity" in e]
+    if specificity:
+        print("\nIs the policy reading its feedback? mean |signal| with its own feedback vs a stranger's:")
+        for step, entry in specificity:
+            print(f"  step {step}: own {entry['sdpo/signal_abs_own']:.3f}, stranger's "
+                  f"{entry['sdpo/signal_abs_unrelated']:.3f}, specificity {entry['sdpo/feedback_specificity']:+.3f}")
+        print("  (near 0: a stranger's reply moves the signal as much as the user's own; the model is not reading it)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
 import train_offline
-from conversations import check_conversation, fit_prompt, interaction_samples, load_conversation_dataset, read_conversations
+from conversations import (
+    check_conversation,
+    fit_prompt,
+    interaction_samples,
+    load_conversation_dataset,
+    read_conversations,
+    token_limit_problem,
+)
 from offline_trainer import OfflineSDPOConfig, first_tokens_mask, signal_weighted_nll
 from run_files import RUN_SETTINGS_NAME
 from sdpo_trainer import TOKEN_LOG_NAME
@@ -85,10 +92,24 @@ def test_the_offline_loss_by_hand():
 
 
 def test_the_shipped_sample_loads_with_counted_filters(model_dir):
-    data, counts = load_conversation_dataset(str(SAMPLE), AutoTokenizer.from_pretrained(model_dir),
-                                             max_samples_per_conversation=1)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data, counts = load_conversation_dataset(str(SAMPLE), tokenizer, max_samples_per_conversation=1)
     assert counts["conversations"] == 6 and counts["samples"] == 10 and counts["over_cap"] == 4
     assert len(data) == 6 and set(data.column_names) == {"prompt", "completion", "feedback"}
+    # "ok now do Macbeth" is the only reply under 6 tokens (4); two answers are over 60 tokens with their EOS.
+    _, counts = load_conversation_dataset(str(SAMPLE), tokenizer, token_limits={"feedback": (6, None)})
+    assert counts["feedback_too_short"] == 1
+    limits = {"completion": (None, 60), "request": (None, None)}
+    data, counts = load_conversation_dataset(str(SAMPLE), tokenizer, token_limits=limits)
+    assert counts["completion_too_long"] >= 1 and all(len(tokenizer(c)["input_ids"]) < 60 for c in data["completion"])
+
+
+def test_token_limits_by_hand():
+    limits = {"request": (2, None), "completion": (None, 10), "feedback": (1, 5)}
+    assert token_limit_problem({"request": 3, "completion": 10, "feedback": 5}, limits) is None
+    assert token_limit_problem({"request": 1, "completion": 10, "feedback": 5}, limits) == "request_too_short"
+    assert token_limit_problem({"request": 3, "completion": 11, "feedback": 5}, limits) == "completion_too_long"
+    assert token_limit_problem({"request": 3, "completion": 1, "feedback": 6}, limits) == "feedback_too_long"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prompts import SYSTEM_PROMPTS, prompt_messages
 from run_files import RUN_SETTINGS_NAME
-from sdpo_trainer import TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer, TokenLog
+from sdpo_trainer import TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer, TokenLog, derangement
 from user_simulator import UserSimulator
 
 REQUESTS = [
@@ -24,7 +24,7 @@ REQUESTS = [
 ]
 RECORD_FIELDS = {
     "step", "prompt", "completion", "feedback", "student_context", "teacher_context",
-    "completion_ids", "tokens", "logp_student", "logp_teacher", "signal",
+    "completion_ids", "tokens", "logp_student", "logp_teacher", "signal", "stranger_feedback", "signal_unrelated",
 }
 
 
@@ -300,3 +300,73 @@ def test_resumed_run_trims_repeated_steps_from_the_token_log(tmp_path):
     log.write_text("".join(json.dumps({"step": s, "prompt": str(s)}) + "\n" for s in (0, 1, 2, 3)))
     TokenLog(log, samples_per_window=2).trim(2)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1]
+
+
+# -- is the policy reading its feedback? ---------------------------------------------------------------------------
+
+
+def test_a_derangement_never_pairs_a_sample_with_itself():
+    for n in range(2, 9):
+        stranger = derangement(n)
+        assert sorted(stranger) == list(range(n)) and all(stranger[i] != i for i in range(n))
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(1)
+
+
+def test_specificity_is_logged_as_own_minus_stranger(trained):
+    history = [entry for entry in trained["trainer"].state.log_history if "loss" in entry]
+    for entry in history:
+        own, unrelated = entry["sdpo/signal_abs_own"], entry["sdpo/signal_abs_unrelated"]
+        assert entry["sdpo/feedback_specificity"] == pytest.approx(own - unrelated, abs=1e-6)
+        assert own > 0 and unrelated > 0
+
+
+def test_the_stranger_signal_is_the_teacher_pass_under_another_samples_feedback(trained, model_dir):
+    """Each re-scored record carries the feedback of another request; recompute its signal with plain transformers."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer, trainer = trained["tokenizer"], trained["trainer"]
+    checked = 0
+    for record in [r for r in trained["records"] if r["step"] == 0 and r["stranger_feedback"] is not None]:
+        assert record["stranger_feedback"] != record["feedback"]  # another request's reply, never its own
+        messages = prompt_messages(record["prompt"], SYSTEM_PROMPTS["tldr"])
+        context, _ = trainer.teacher_context(messages, record["stranger_feedback"])
+        ids = record["completion_ids"]
+        stranger = reference_logps(model, tokenizer, context, ids)
+        student = reference_logps(model, tokenizer, record["student_context"], ids)
+        assert record["signal_unrelated"] == pytest.approx([s - t for s, t in zip(stranger, student)], abs=3e-3)
+        checked += 1
+    assert checked == 2
+
+
+class SameReplyUser(UserSimulator):
+    def generate_feedback(self, prompts, completions):
+        return ["Shorter, please." for _ in prompts]
+
+
+def test_specificity_is_exactly_zero_when_all_feedback_is_identical(trained):
+    trainer = trained["trainer"]
+    trainer.user_simulator = SameReplyUser()
+    try:
+        trainer.model.train()
+        batch = trainer._generate_and_score_completions(
+            [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS[:2]]
+        )
+    finally:
+        trainer.user_simulator = trained["user"]
+    assert batch["stranger_feedback"] == ["Shorter, please.", "Shorter, please."]
+    trainer._metrics["train"].clear()
+    trainer._compute_loss(trainer.model, batch)
+    assert trainer._metrics["train"]["sdpo/feedback_specificity"] == [0.0]
+
+
+def test_a_flat_specificity_warns_once(trained, caplog):
+    trainer = trained["trainer"]
+    saved = trainer.args.specificity_warn_after, trainer._flat_specificity
+    trainer.args.specificity_warn_after, trainer._flat_specificity = 2, 0
+    try:
+        with caplog.at_level("WARNING", logger="sdpo_trainer"):
+            for value in (0.001, 0.5, 0.0, 0.01, 0.0):  # the reset at 0.5, then two flat steps, then a third
+                trainer._watch_specificity(value)
+    finally:
+        trainer.args.specificity_warn_after, trainer._flat_specificity = saved
+    assert caplog.text.count("does not seem to read its user's feedback") == 1
