@@ -7,7 +7,8 @@ What it checks, on one CUDA GPU, in bf16 with gradient checkpointing (the recipe
 - two scoring passes per sample (teacher at generation time, student inside the loss), counted by a hook;
 - the policy samples exactly as configured although its folder's generation_config.json says 0.6/0.95/20;
 - the teacher pass's peak memory over what was allocated before it, and generation + training tokens per second;
-- a LoRA step: only adapter weights move.
+- a LoRA step: only adapter weights move;
+- two offline steps on the shipped conversations.
 vLLM is checked only if it imports. Each check prints PASS or FAIL; the exit status is 1 if any failed.
 The policy is random, so its answers are noise: this measures the code paths and their cost, not learning.
 """
@@ -138,8 +139,10 @@ def run(args) -> dict:
                        sampling=trainer.policy_sampling())
         checks.append(("full fine-tuning: finite losses, weights moved", moved and all(map(_finite, losses)),
                        f"losses {losses}"))
-        checks.append(("two scoring passes per sample", probe.scored == 2 * samples,
-                       f"{probe.scored} scored rows for {samples} samples"))
+        # Plus the specificity metric's stranger pass: one generation batch (2 micro-batches) per step.
+        rescored = args.steps * min(trainer.args.specificity_samples, 2 * args.batch)
+        checks.append(("two scoring passes per sample", probe.scored == 2 * samples + rescored,
+                       f"{probe.scored} scored rows for {samples} samples and {rescored} re-scored"))
         sampling = trainer.policy_sampling()
         exact = (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (1.0, 1.0, 0)
         kept = trainer.model.generation_config.temperature == QWEN3_SAMPLING["temperature"]
@@ -157,6 +160,8 @@ def run(args) -> dict:
         checks.append(("LoRA step: adapters move, base weights frozen", frozen and trained, f"{len(adapters)} lora_B"))
         del lora
 
+        checks.append(offline_check(policy, f"{tmp}/offline", args))
+
     try:
         import vllm  # noqa: F401
 
@@ -165,6 +170,23 @@ def run(args) -> dict:
         results["vllm"] = "not installed on this machine: not run"
     results["checks"] = [{"check": name, "passed": ok, "detail": detail} for name, ok, detail in checks]
     return results
+
+
+def offline_check(policy: Path, output_dir: str, args) -> tuple[str, bool, str]:
+    """Two offline steps on the shipped conversations: logged answers, no generation, bf16."""
+    from conversations import load_conversation_dataset
+    from offline_trainer import OfflineSDPOConfig, OfflineSDPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    data, _ = load_conversation_dataset(str(Path(__file__).resolve().parents[1] / "data/sample/conversations.jsonl"),
+                                        tokenizer)
+    config = OfflineSDPOConfig(output_dir=output_dir, per_device_train_batch_size=4, max_steps=2, bf16=True,
+                               gradient_checkpointing=True, model_init_kwargs={"dtype": "bfloat16"},
+                               optim="adamw_torch", logging_steps=1, save_strategy="no", report_to=[])
+    trainer = OfflineSDPOTrainer(model=str(policy), args=config, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return "offline steps on logged conversations", len(losses) == 2 and all(map(_finite, losses)), f"losses {losses}"
 
 
 def _finite(value: float) -> bool:

@@ -107,8 +107,11 @@ def trained(model_dir, tmp_path_factory):
 
 
 def test_two_scoring_passes_per_sample(trained):
-    samples = trained["trainer"].args.max_steps * trained["trainer"].args.per_device_train_batch_size
-    assert sum(trained["scored"]) == 2 * samples
+    args = trained["trainer"].args
+    samples = args.max_steps * args.per_device_train_batch_size
+    # Plus, at each logging step, the specificity metric's teacher pass on the answers it re-scores.
+    rescored = args.max_steps * min(args.specificity_samples, args.per_device_train_batch_size)
+    assert sum(trained["scored"]) == 2 * samples + rescored
 
 
 def test_training_changes_weights_and_writes_a_checkpoint(trained):
@@ -231,10 +234,14 @@ def test_same_completion_tokens_in_both_contexts(trained):
         with_kwargs=True,
     )
     trainer.model.train()
-    batch = trainer._generate_and_score_completions(
-        [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS[:2]]
-    )
-    hook.remove()
+    specificity_samples, trainer.args.specificity_samples = trainer.args.specificity_samples, 0
+    try:  # no stranger pass: the one pass captured is the teacher's
+        batch = trainer._generate_and_score_completions(
+            [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS[:2]]
+        )
+    finally:
+        trainer.args.specificity_samples = specificity_samples
+        hook.remove()
     completion = batch["completion_ids"]
     (teacher_input,) = captured  # on-policy: generation makes the teacher pass only
     assert torch.equal(teacher_input[:, -completion.size(1):], completion)
