@@ -48,12 +48,14 @@ REQUESTS = [f"Post {i}: my neighbour mows his lawn at 6am every Sunday and I wor
 
 
 class LengthUser(UserSimulator):
-    """A rule-based user: too long above 15 words, otherwise content."""
+    """A rule-based user: too long above 15 words, otherwise content, naming the post it answers."""
 
     style = "concise_casual_beginner"
 
     def generate_feedback(self, prompts, completions):
-        return ["Way too long, two lines please." if len(c.split()) > 15 else "Short enough, thanks." for c in completions]
+        # Each reply names its post, so a stranger's reply differs from the sample's own and is scored again.
+        return [f"{p.split(':')[0]}: " + ("way too long, two lines please." if len(c.split()) > 15 else "thanks.")
+                for p, c in zip(prompts, completions)]
 
 
 def build_policy(tokenizer, size: str, folder: Path) -> int:
