@@ -5,6 +5,10 @@ The format is the one a team's chat logs already have: JSONL, one conversation p
 then user and assistant turns alternate, starting with a user turn. In a conversation x1 y1 o1=x2 y2 o2 ... each
 (y_k, the next user turn) pair is one sample whose prompt x is everything before y_k, so later turns give multi-turn
 samples with the hindsight placed, as online, after the user turn that precedes y.
+
+Two optional per-message marks carry what a log may know: `"truncated": true` on an assistant turn cut off by a
+length limit (an OpenAI-style `"finish_reason": "length"` means the same), and `"reaction": false` on a user turn
+that is a new request rather than a reaction to the answer before it. Samples with either are left out, and counted.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def check_conversation(record, where: str) -> list[dict[str, str]]:
             raise ValueError(f"{where}: message {i} needs a role, one of {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
             raise ValueError(f"{where}: message {i} ({message['role']}) needs a string content")
+        for mark in MARKS:
+            if mark in message and not isinstance(message[mark], bool):
+                raise ValueError(f"{where}: message {i}: {mark!r} must be true or false")
     turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
     for i, message in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
@@ -38,7 +45,20 @@ def check_conversation(record, where: str) -> list[dict[str, str]]:
             )
     if not any(m["role"] == "assistant" for m in turns):
         raise ValueError(f"{where}: no assistant turn, so nothing to learn from")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return [keep_marks(m, {"role": m["role"], "content": m["content"]}) for m in messages]
+
+
+MARKS = ("truncated", "reaction")
+
+
+def keep_marks(source: dict, message: dict) -> dict:
+    """`message` with the marks `source` sets (see the module docstring), `finish_reason: length` read as truncated."""
+    if source.get("finish_reason") == "length":
+        message["truncated"] = True
+    for mark in MARKS:
+        if isinstance(source.get(mark), bool):
+            message[mark] = source[mark]
+    return message
 
 
 def read_conversations(path: str) -> Iterator[tuple[str, list[dict[str, str]]]]:
@@ -56,9 +76,11 @@ def interaction_samples(messages: list[dict[str, str]]) -> list[dict]:
     for i in range(len(messages) - 1):
         if messages[i]["role"] == "assistant" and messages[i + 1]["role"] == "user":
             samples.append({
-                "prompt": [dict(m) for m in messages[:i]],
+                "prompt": [{"role": m["role"], "content": m["content"]} for m in messages[:i]],
                 "completion": messages[i]["content"],
                 "feedback": messages[i + 1]["content"],
+                "truncated": messages[i].get("truncated", False),
+                "reaction": messages[i + 1].get("reaction", True),
             })
     return samples
 
@@ -126,6 +148,10 @@ class SampleFilter:
     def _problem(self, sample, prompt, key, kept) -> Optional[str]:
         if not sample["completion"].strip() or not sample["feedback"].strip():
             return "empty_turn"
+        if sample["truncated"]:
+            return "truncated_answer"
+        if not sample["reaction"]:
+            return "not_a_reaction"
         if prompt is None:
             return "prompt_too_long"
         if key in self.seen:
@@ -151,7 +177,7 @@ class SampleFilter:
                 continue
             self.seen.add(key)
             self.counts["early_exchanges_dropped"] += dropped
-            kept.append({**sample, "prompt": prompt})
+            kept.append({"prompt": prompt, "completion": sample["completion"], "feedback": sample["feedback"]})
         return kept
 
 
@@ -191,7 +217,7 @@ def normalize_turns(raw) -> Optional[list[dict[str, str]]]:
         content = turn.get("content", turn.get("value"))
         if role is None or not isinstance(content, str):
             return None
-        turns.append({"role": role, "content": content})
+        turns.append(keep_marks(turn, {"role": role, "content": content}))
     return turns
 
 
@@ -211,6 +237,8 @@ def conversation_problem(row: dict, turns: Optional[list[dict[str, str]]], langu
         return "redacted"
     if any(not t["content"].strip() for t in turns):
         return "empty_turn"
+    if any(t.get("truncated") for t in turns):
+        return "truncated"
     try:
         check_conversation({"messages": turns}, "")
     except ValueError:

@@ -151,7 +151,7 @@ def split_conversations(rows: Iterable[Mapping], *, language: str | None = None,
                         held_out_percent: float = HELD_OUT_PERCENT) -> tuple[dict[str, list], dict[str, int]]:
     """Conversations that pass every filter, as role/content messages, split into train and validation by
     conversation (so none is in both), and the count each filter dropped. Duplicates are kept once."""
-    counts = {"rows": 0, "unreadable": 0, "language": 0, "toxic": 0, "redacted": 0, "empty_turn": 0,
+    counts = {"rows": 0, "unreadable": 0, "language": 0, "toxic": 0, "redacted": 0, "empty_turn": 0, "truncated": 0,
               "roles_out_of_order": 0, "no_reply": 0, "turn_too_long": 0, "too_long": 0, "duplicate": 0}
     splits: dict[str, list] = {split: [] for split in SPLITS}
     seen = set()

@@ -182,3 +182,18 @@ def test_two_processes_split_the_samples_and_keep_each_reply_with_its_answer(mod
     conversations = [m for _, m in read_conversations(str(SAMPLE))]
     pairs = {(s["completion"], s["feedback"]) for c in conversations for s in interaction_samples(c)}
     assert all((r["completion"], r["feedback"]) in pairs for r in records)
+
+
+def test_truncated_answers_and_replies_that_are_no_reaction_are_left_out(model_dir, tmp_path):
+    logs = tmp_path / "logs.jsonl"
+    conversation = [msg("user", "Explain DNS."), {**msg("assistant", "DNS maps names to"), "finish_reason": "length"},
+                    msg("user", "You got cut off."), msg("assistant", "DNS maps names to addresses."),
+                    {**msg("user", "Unrelated: what is 2+2?"), "reaction": False}, msg("assistant", "4."),
+                    msg("user", "Thanks, that was clear.")]
+    logs.write_text(json.dumps({"messages": conversation}) + "\n")
+    data, counts = load_conversation_dataset(str(logs), AutoTokenizer.from_pretrained(model_dir))
+    assert counts["truncated_answer"] == 1 and counts["not_a_reaction"] == 1
+    assert list(data["completion"]) == ["4."] and list(data["feedback"]) == ["Thanks, that was clear."]
+    with pytest.raises(ValueError, match="'reaction' must be true or false"):
+        check_conversation({"messages": [msg("user", "q"), msg("assistant", "a"), {**msg("user", "o"), "reaction": 1}]},
+                           "logs.jsonl:1")

@@ -281,3 +281,12 @@ def test_own_logs_are_prepared_deterministically(tmp_path, capsys):
     assert len(lines) == 6 and all(set(record) == {"messages"} for record in lines)
     with pytest.raises(SystemExit):
         pdata.main(["conversations", "--out_dir", str(tmp_path / "x")])  # --source is required for own logs
+
+
+def test_truncation_marks_drop_the_conversation_and_reaction_marks_are_kept():
+    ok = [turn("user", "q"), turn("assistant", "a"), turn("user", "o")]
+    cut = [turn("user", "q"), {**turn("assistant", "a"), "finish_reason": "length"}, turn("user", "o")]
+    marked = [turn("user", "q"), turn("assistant", "a"), {**turn("user", "new topic"), "reaction": False}]
+    splits, counts = pdata.split_conversations([{"messages": m} for m in (ok, cut, marked)], held_out_percent=0.0)
+    assert counts["truncated"] == 1
+    assert splits["train"] == [ok, marked]  # the reaction mark travels to train_offline.py, which skips that sample
