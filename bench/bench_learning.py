@@ -1,6 +1,6 @@
 """Does online SDPO move a metric that code can check? A learning benchmark with a rule-based user and controls.
 
-    python bench/bench_learning.py [--model PATH] [--rule length] [--steps 12] [--lr 2e-5] [--arms sdpo,deranged,grpo]
+    python bench/bench_learning.py [--model PATH] [--rule length] [--steps 10] [--lr 2e-5] [--arms sdpo,deranged,grpo]
 
 The user's preference is a rule a program can verify (answers of at most 15 words, no bullet lists, a "TL;DR:"
 opening, no emojis). Its reply is natural language written from the rule: a complaint naming what to change when the
@@ -164,7 +164,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=str(REPO / "models" / "smollm2-135m-instruct"))
     parser.add_argument("--rule", choices=list(RULES), default="length")
     parser.add_argument("--arms", default="sdpo,deranged,grpo", help="comma-separated: sdpo, deranged, grpo")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--completion", type=int, default=48, help="max_completion_length, also of held-out answers")
     parser.add_argument("--train_jsonl", default=str(REPO / "data" / "sample" / "train.jsonl"))
