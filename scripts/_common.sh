@@ -233,3 +233,23 @@ sdpo_prepare() {
   fi
   sdpo_print_and_run "${cmd[@]}" "${PASSTHROUGH[@]}"
 }
+
+# The demos: print the commands held in the named arrays (shell-quoted); unless this is a dry run, start afresh in
+# OUT_DIR (an earlier run's folder, so no stale checkpoint is mixed in) and run them in order.
+sdpo_run_demo() {
+  local name
+  echo "commands:"
+  for name in "$@"; do
+    local -n shown=$name
+    printf '%q' "${shown[0]}"; printf ' %q' "${shown[@]:1}"; printf '\n'
+  done
+  if ((DRY_RUN)); then
+    echo "dry run: nothing was executed"
+    exit 0
+  fi
+  if [[ -f "$OUT_DIR/sdpo_run_settings.json" ]]; then rm -rf "$OUT_DIR"; fi
+  for name in "$@"; do
+    local -n step=$name
+    "${step[@]}"
+  done
+}

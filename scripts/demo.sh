@@ -38,18 +38,4 @@ heatmap=("$PYTHON" "$SDPO_ROOT/visualize_signal.py" log --token_log "$OUT_DIR/to
 
 echo "settings:"
 sdpo_show OUT_DIR STYLE MAX_STEPS MODEL_DIR PYTHON
-echo "commands:"
-for name in train report heatmap; do
-  declare -n cmd=$name
-  printf '%q' "${cmd[0]}"; printf ' %q' "${cmd[@]:1}"; printf '\n'
-done
-if ((DRY_RUN)); then
-  echo "dry run: nothing was executed"
-  exit 0
-fi
-if [[ -f "$OUT_DIR/sdpo_run_settings.json" ]]; then
-  rm -rf "$OUT_DIR"  # an earlier run's folder: start afresh so no stale checkpoint is mixed in
-fi
-"${train[@]}"
-"${report[@]}"
-"${heatmap[@]}"
+sdpo_run_demo train report heatmap
