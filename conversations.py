@@ -205,6 +205,12 @@ MAX_TURN_CHARS = 4096
 MAX_TOTAL_CHARS = 100_000
 
 
+def raw_turns(row: dict):
+    """A source record's turns, under the name its dataset uses: WildChat's `conversation`, WildFeedback's
+    `conversations`, or `messages` (OpenAI-style logs)."""
+    return row.get("conversation") or row.get("conversations") or row.get("messages")
+
+
 def normalize_turns(raw) -> Optional[list[dict[str, str]]]:
     """`raw` turns as role/content messages; None if a turn has no known role or no text field."""
     if not isinstance(raw, list):
@@ -226,7 +232,7 @@ def conversation_problem(row: dict, turns: Optional[list[dict[str, str]]], langu
 
     `row` is the source record: WildChat marks `language`, and `toxic` and `redacted` per conversation and per turn.
     """
-    raw = row.get("conversation") or row.get("conversations") or row.get("messages") or []
+    raw = raw_turns(row) or []
     if turns is None:
         return "unreadable"
     if language is not None and str(row.get("language", "")).strip().lower() != language.lower():

@@ -38,7 +38,7 @@ from chat_clients import DEFAULT_CLAUDE_MODEL
 from eval_report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
 from generation import GenerationSettings, sharded_generate, stable_key
 from judging import JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE, ClaudeJudge, LocalJudge, WinRate, judge_pairs, summarize
-from personas import persona_catalogue, resolve_style
+from personas import resolve_persona
 from prompts import SYSTEM_PROMPTS, last_user_text, load_prompt_dataset
 from run_files import RUN_SETTINGS_NAME, append_jsonl, complete_checkpoints, iter_jsonl, read_run_settings
 from sampling import Sampling
@@ -145,9 +145,7 @@ class EvalArguments:
         # Resolved here so that a bad persona file or style fails before any model loads.
         self.judge_persona = None
         if self.style is not None:
-            catalogue = persona_catalogue(self.persona_file)
-            self.style = resolve_style(self.style, catalogue)
-            self.judge_persona = catalogue[self.style]
+            self.style, self.judge_persona = resolve_persona(self.style, self.persona_file)
         elif self.persona_file is not None:
             raise ValueError("--persona_file needs --style: without it the judge plays each run's stored persona")
         if self.system_prompt is not None:
@@ -266,13 +264,11 @@ def judge_persona(settings: dict, args: EvalArguments, where: Path) -> tuple[str
     if style is None:
         raise ValueError(f"{where / RUN_SETTINGS_NAME}: no 'style'; pass --style")
     if persona is None:  # settings written before the persona text was stored
-        catalogue = persona_catalogue()
         try:
-            style = resolve_style(style, catalogue)
+            style, persona = resolve_persona(style)
         except ValueError as err:
             raise ValueError(f"{where / RUN_SETTINGS_NAME}: {err}") from None
         logger.warning("%s: no stored persona text; judging with today's built-in %r", where.name, style)
-        persona = catalogue[style]
     return style, persona
 
 

@@ -71,4 +71,11 @@ def resolve_style(style: str, catalogue: dict[str, str]) -> str:
     return name
 
 
+def resolve_persona(style: str, persona_file: Optional[str | os.PathLike] = None) -> tuple[str, str]:
+    """(the catalogue's name for `style`, its persona text): the built-in personas, a persona file's entries over them."""
+    catalogue = STYLE_PERSONAS if persona_file is None else persona_catalogue(persona_file)
+    name = resolve_style(style, catalogue)
+    return name, catalogue[name]
+
+
 STYLE_PERSONAS: dict[str, str] = persona_catalogue()

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from conversations import conversation_problem, is_held_out, normalize_turns
+from conversations import conversation_problem, is_held_out, normalize_turns, raw_turns
 from run_files import write_all_atomic
 
 TLDR_SUFFIX = "\nTL;DR:"
@@ -157,7 +157,7 @@ def split_conversations(rows: Iterable[Mapping], *, language: str | None = None,
     seen = set()
     for row in rows:
         counts["rows"] += 1
-        turns = normalize_turns(row.get("conversation") or row.get("conversations") or row.get("messages"))
+        turns = normalize_turns(raw_turns(row))
         problem = conversation_problem(row, turns, language)
         if problem is not None:
             counts[problem] += 1

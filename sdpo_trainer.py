@@ -918,9 +918,9 @@ class OnlineSDPOTrainer(GRPOTrainer):
         """
         rows = torch.tensor([s is not None for s in inputs["stranger_feedback"]], device=mask.device)
         rescored = mask * rows.long().unsqueeze(1)
-        values = torch.stack([masked_mean(own_abs, rescored), masked_mean(unrelated_abs, rescored)])
-        present = self.accelerator.gather(rows.any().float().unsqueeze(0))
-        gathered = self.accelerator.gather(values.detach().unsqueeze(0))[present.bool()]
+        values = torch.stack([rows.any().float(), masked_mean(own_abs, rescored), masked_mean(unrelated_abs, rescored)])
+        gathered = self.accelerator.gather(values.detach().unsqueeze(0))  # (processes, [present, own, stranger])
+        gathered = gathered[gathered[:, 0].bool(), 1:]
         if gathered.numel() == 0:
             return
         own, unrelated = gathered.mean(dim=0).tolist()

@@ -16,7 +16,7 @@ from typing import ClassVar, Optional
 
 from transformers import AutoTokenizer
 
-from personas import persona_catalogue, resolve_style
+from personas import resolve_persona
 from prompts import SYSTEM_PROMPTS, load_prompt_dataset, prompt_token_limit
 from run_files import resolve_checkpoint
 from sampling import Sampling
@@ -90,9 +90,7 @@ class ScriptArguments(DataArguments):
         if self.system_prompt not in SYSTEM_PROMPTS:
             raise ValueError(f"Unknown --system_prompt {self.system_prompt!r}; choose one of {', '.join(SYSTEM_PROMPTS)}")
         # The persona file is read and checked here, before any model loads; the text is kept for the run.
-        catalogue = persona_catalogue(self.persona_file)
-        self.style = resolve_style(self.style, catalogue)
-        self.persona = catalogue[self.style]
+        self.style, self.persona = resolve_persona(self.style, self.persona_file)
         check_positive(self, "user_max_new_tokens")
         self.user_backend = "local" if self.user_model_name_or_path is not None else "claude"
         defaults = USER_DEFAULTS[self.user_backend]

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from personas import STYLE_PERSONAS, resolve_style
+from personas import resolve_persona
 from sampling import Sampling, generate_exactly
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def persona_for(style: str, persona: Optional[str]) -> tuple[str, str]:
         if not persona.strip():
             raise ValueError(f"the persona text of style {style!r} is empty")
         return style, persona
-    name = resolve_style(style, STYLE_PERSONAS)
-    return name, STYLE_PERSONAS[name]
+    return resolve_persona(style)
 
 
 class UserSimulator(abc.ABC):
