@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup model test demo demo-offline clean
+.PHONY: setup model test demo demo-offline check-vllm-requirements clean
 
 setup: $(INSTALLED)
 
@@ -31,6 +31,10 @@ demo: $(MODEL)
 
 demo-offline: $(MODEL)
 	bash scripts/demo_offline.sh
+
+# pip's resolver on the optional vLLM environment (a minute; needs PyPI, installs nothing).
+check-vllm-requirements: $(INSTALLED)
+	$(PY) -m pip install --dry-run --ignore-installed --quiet -r requirements-vllm.txt
 
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) runs/demo runs/demo-offline

@@ -1,8 +1,10 @@
-"""The concurrent chat-API client layer: requests, results, an on-disk reply cache, and the Messages API client.
+"""The concurrent chat-API client layer, and its two wire formats: Anthropic Messages and OpenAI chat completions.
 
-No simulator logic lives here: a client sends many requests at once, in bounded concurrency, through the SDK's
-own retry policy, and returns one result per request in input order. The simulated users (claude_user.py) and the
-evaluation's judge build their requests on it.
+`ConcurrentChatClient` is the one layer both wire formats share: a request and result type, a bounded thread pool,
+one retry policy (timeout and retries handed to the SDK, which retries by itself), an on-disk reply cache, and
+results in input order that never raise. A wire format only says how one request goes out and how its reply is
+read (`_call`). No simulator logic lives here: the simulated users (api_user.py) and the evaluation's judge build
+their requests on it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import hashlib
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import anthropic
+import httpx
+import openai
 
 from run_files import write_atomic
 
@@ -57,40 +62,41 @@ def estimate_cost_usd(model: str, input_tokens: int, output_tokens: int) -> Opti
 
 
 @dataclass(frozen=True)
-class MessagesRequest:
-    """One Messages API call. `messages` are user/assistant turns; the system prompt goes in `system`."""
+class ChatRequest:
+    """One chat call, whatever the wire format. `messages` are user/assistant turns; the system prompt is apart.
+
+    A sampling field left at None is not sent, so the server's own default applies.
+    """
 
     model: str
     messages: tuple[dict[str, str], ...]
     max_tokens: int
     system: str = ""
-    temperature: Optional[float] = None  # None: the API's own sampling (see SAMPLING_API_VERSION)
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
 
     @classmethod
-    def from_chat(
-        cls, model: str, chat: list[dict[str, str]], max_tokens: int, temperature: Optional[float] = None
-    ) -> "MessagesRequest":
+    def from_chat(cls, model: str, chat: list[dict[str, str]], max_tokens: int, **sampling) -> "ChatRequest":
         """Build a request from chat messages in the transformers layout, where a leading `system` turn is allowed."""
         system = "\n\n".join(m["content"] for m in chat if m["role"] == "system")
         turns = tuple({"role": m["role"], "content": m["content"]} for m in chat if m["role"] != "system")
-        return cls(model=model, messages=turns, max_tokens=max_tokens, system=system, temperature=temperature)
+        return cls(model=model, messages=turns, max_tokens=max_tokens, system=system, **sampling)
 
     def cache_key(self) -> str:
-        """Hash of everything that shapes the reply: model, system prompt, turns, max_tokens, temperature."""
-        payload = json.dumps(
-            [self.model, self.system, list(self.messages), self.max_tokens, self.temperature],
-            sort_keys=True,
-            ensure_ascii=False,
-        )
+        """Hash of everything that shapes the reply; top_p and top_k count only when set (older keys stay valid)."""
+        fields = [self.model, self.system, list(self.messages), self.max_tokens, self.temperature]
+        fields += [{"top_p": self.top_p, "top_k": self.top_k}] if (self.top_p, self.top_k) != (None, None) else []
+        payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
-class MessagesResult:
+class ChatResult:
     """The reply to one request: `text`, or `error` (what the API or the transport said) with `text == ""`.
 
-    Token counts are the API's usage for this call; a reply served from the cache has `cached=True` and costs
-    nothing now, although its stored usage is kept for reference.
+    Token counts are the API's usage for this call (0 where a server reports none); a reply served from the cache
+    has `cached=True` and costs nothing now, although its stored usage is kept for reference.
     """
 
     text: str
@@ -138,6 +144,91 @@ class ResponseCache:
         return f"ResponseCache({str(self.directory)!r})"
 
 
+
+
+class ConcurrentChatClient(ABC):
+    """Sends many requests concurrently and returns one result per request, in input order.
+
+    A synchronous SDK client shared by a bounded thread pool, so it works from plain synchronous code whether or
+    not an event loop is running. Retries of 429 (with retry-after), 5xx, timeouts, connection errors and unreadable
+    bodies follow the SDK's own policy with `max_retries` and `timeout`; a request that still fails comes back as a
+    result with `error` set instead of raising, so one bad request never loses the others. The key is held only
+    by the SDK client and never logged or shown.
+
+        results = client.create_many([ChatRequest.from_chat(model, chat, max_tokens=128), ...])
+        texts = [r.text for r in results]   # r.error says why a request failed
+    """
+
+    wire: ClassVar[str]  # names the pool's threads and the log lines
+
+    def __init__(
+        self, max_concurrency: int, timeout: float, max_retries: int, cache_dir: Optional[str | os.PathLike]
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
+
+    @property
+    @abstractmethod
+    def base_url(self) -> str:
+        """The endpoint requests go to (never the key)."""
+
+    @abstractmethod
+    def _call(self, request: ChatRequest) -> ChatResult:
+        """Send one request through the SDK (which retries); an API or transport failure is a result, not a raise."""
+
+    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> Optional[float]:
+        """Estimated US$ of the given usage, or None where no price is known (a self-hosted server costs none)."""
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(max_concurrency={self.max_concurrency}, timeout={self.timeout}, "
+            f"max_retries={self.max_retries}, cache={self.cache!r}, base_url={self.base_url!r})"
+        )
+
+    def create_many(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """One result per request, in input order; at most `max_concurrency` requests are in flight at once."""
+        requests = list(requests)
+        if not requests:
+            return []
+        workers = min(self.max_concurrency, len(requests))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=self.wire) as pool:
+            return list(pool.map(self.create, requests))
+
+    def create(self, request: ChatRequest) -> ChatResult:
+        """One request, through the cache when there is one. Never raises for an API or transport failure."""
+        key = request.cache_key() if self.cache is not None else None
+        if key is not None:
+            record = self.cache.get(key)
+            if record is not None:
+                return ChatResult(
+                    text=record["text"],
+                    input_tokens=record.get("input_tokens", 0),
+                    output_tokens=record.get("output_tokens", 0),
+                    cached=True,
+                )
+        result = self._call(request)
+        if key is not None and result.ok:
+            record = {"model": request.model, "text": result.text, "input_tokens": result.input_tokens,
+                      "output_tokens": result.output_tokens}
+            try:
+                self.cache.put(key, record)
+            except OSError as err:  # a full disk must not cost the reply we already paid for
+                logger.warning("Could not write %s cache entry in %s: %s", self.wire, self.cache.directory, err)
+        return result
+
+
+# -- Anthropic Messages ------------------------------------------------------------------------------------------
+
+
 class _RetryUnreadableReplies(anthropic.Middleware):
     """A 2xx reply whose body is not a valid Message (a garbled proxy answer, say) is retried like a 5xx.
 
@@ -157,20 +248,14 @@ class _RetryUnreadableReplies(anthropic.Middleware):
         return response
 
 
-class ClaudeMessagesClient:
-    """Sends many Messages API requests concurrently and returns one result per request, in input order.
+class ClaudeMessagesClient(ConcurrentChatClient):
+    """The Anthropic Messages API on the shared layer, through the official `anthropic` SDK.
 
-    Built on the official `anthropic` SDK's synchronous client, shared by a bounded thread pool, so it works from
-    plain synchronous code whether or not an event loop is running. Retries (429 with retry-after, 529, 5xx,
-    timeouts, connection errors, and unreadable bodies) follow the SDK's own policy; a request that still fails
-    comes back as a result with `error` set instead of raising, so one bad request never loses the others.
-    The API key comes from `api_key` or ANTHROPIC_API_KEY, and the endpoint from `base_url` or, as the SDK
-    does by itself, ANTHROPIC_BASE_URL. The key is held only by the SDK client and never logged or shown.
-
-        client = ClaudeMessagesClient(max_concurrency=16, cache_dir="runs/claude_cache")
-        results = client.create_many([MessagesRequest.from_chat(model, chat, max_tokens=128), ...])
-        texts = [r.text for r in results]   # r.error says why a request failed
+    The key comes from `api_key` or ANTHROPIC_API_KEY, and the endpoint from `base_url` or, as the SDK does by
+    itself, ANTHROPIC_BASE_URL. Only `temperature` of a request's sampling is sent (under SAMPLING_API_VERSION).
     """
+
+    wire = "claude"
 
     def __init__(
         self,
@@ -181,22 +266,13 @@ class ClaudeMessagesClient:
         api_key: Optional[str] = None,
         base_url: Optional[str] = None,
     ):
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        super().__init__(max_concurrency, timeout, max_retries, cache_dir)
         api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY", "")
         if not api_key.strip():
             raise ValueError(
                 "ANTHROPIC_API_KEY is not set: export ANTHROPIC_API_KEY=... to use Claude (or pass "
-                "--user_model_name_or_path to use a local user simulator instead)"
+                "--user_model_name_or_path or --user_api_base to use another user simulator instead)"
             )
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
         self._client = anthropic.Anthropic(
             api_key=api_key,
             base_url=base_url,
@@ -209,50 +285,12 @@ class ClaudeMessagesClient:
     def base_url(self) -> str:
         return str(self._client.base_url)
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(max_concurrency={self.max_concurrency}, timeout={self.timeout}, "
-            f"max_retries={self.max_retries}, cache={self.cache!r}, base_url={self.base_url!r})"
-        )
+    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> Optional[float]:
+        return estimate_cost_usd(model, input_tokens, output_tokens)
 
-    def create_many(self, requests: Sequence[MessagesRequest]) -> list[MessagesResult]:
-        """One result per request, in input order; at most `max_concurrency` requests are in flight at once."""
-        requests = list(requests)
-        if not requests:
-            return []
-        workers = min(self.max_concurrency, len(requests))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="claude") as pool:
-            return list(pool.map(self.create, requests))
-
-    def create(self, request: MessagesRequest) -> MessagesResult:
-        """One request, through the cache when there is one. Never raises for an API or transport failure."""
-        key = request.cache_key() if self.cache is not None else None
-        if key is not None:
-            record = self.cache.get(key)
-            if record is not None:
-                return MessagesResult(
-                    text=record["text"],
-                    input_tokens=record.get("input_tokens", 0),
-                    output_tokens=record.get("output_tokens", 0),
-                    cached=True,
-                )
-        result = self._call(request)
-        if key is not None and result.ok:
-            try:
-                self.cache.put(
-                    key,
-                    {
-                        "model": request.model,
-                        "text": result.text,
-                        "input_tokens": result.input_tokens,
-                        "output_tokens": result.output_tokens,
-                    },
-                )
-            except OSError as err:  # a full disk must not cost the reply we already paid for
-                logger.warning("Could not write Claude cache entry in %s: %s", self.cache.directory, err)
-        return result
-
-    def _call(self, request: MessagesRequest) -> MessagesResult:
+    def _call(self, request: ChatRequest) -> ChatResult:
+        if (request.top_p, request.top_k) != (None, None):
+            raise ValueError("the Claude user sends a temperature only; top_p and top_k are not supported")
         kwargs: dict = {"system": request.system} if request.system else {}
         if request.temperature is not None:
             kwargs["extra_body"] = {"temperature": request.temperature}
@@ -265,10 +303,127 @@ class ClaudeMessagesClient:
                 **kwargs,
             )
         except anthropic.AnthropicError as err:  # status errors, timeouts, connection errors, unreadable bodies
-            return MessagesResult(text="", error=f"{type(err).__name__}: {err}")
+            return ChatResult(text="", error=f"{type(err).__name__}: {err}")
         usage = message.usage
         tokens = {"input_tokens": usage.input_tokens or 0, "output_tokens": usage.output_tokens or 0}
         text = "".join(block.text for block in message.content if block.type == "text")
         if not text.strip():
-            return MessagesResult(text="", error=f"empty reply (stop_reason={message.stop_reason})", **tokens)
-        return MessagesResult(text=text, **tokens)
+            return ChatResult(text="", error=f"empty reply (stop_reason={message.stop_reason})", **tokens)
+        return ChatResult(text=text, **tokens)
+
+
+# -- OpenAI-compatible chat completions (vLLM, SGLang, llama.cpp, TGI, transformers serve, hosted APIs) -------------
+
+
+def unreadable_body_problem(body: bytes, content_type: str) -> Optional[str]:
+    """Why a 2xx chat-completions body cannot be read, or None: a JSON object, or SSE events of JSON objects."""
+    try:
+        text = body.decode("utf-8")
+        if "text/event-stream" not in content_type:
+            return None if isinstance(json.loads(text), dict) else "body is not a JSON object"
+        for line in text.splitlines():
+            data = line[len("data:"):].strip() if line.startswith("data:") else None
+            if data and data != "[DONE]" and not isinstance(json.loads(data), dict):
+                return f"stream event is not a JSON object: {data[:200]!r}"
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"unreadable reply body ({type(err).__name__}: {err})"
+    return None
+
+
+class _UnreadableRepliesAsServerErrors(httpx.HTTPTransport):
+    """A 2xx reply whose body cannot be read becomes a 502 before the SDK sees it, so the SDK's policy retries it.
+
+    The `openai` SDK retries status codes, timeouts and connection errors by itself but would hand a garbled body
+    (a broken proxy, a server that died mid-stream) to the caller. Reading the body here costs nothing, since the
+    client reads every reply whole anyway.
+    """
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if not response.is_success:
+            return response
+        body = response.read()
+        problem = unreadable_body_problem(body, response.headers.get("content-type", ""))
+        headers = [(k, v) for k, v in response.headers.items()
+                   if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
+        if problem is None:
+            return httpx.Response(response.status_code, headers=headers, content=body, request=request)
+        logger.debug("Retrying a reply with an unreadable body: %s", problem)
+        error = json.dumps({"error": {"message": problem, "type": "unreadable_reply"}}).encode()
+        return httpx.Response(502, headers={"content-type": "application/json"}, content=error, request=request)
+
+
+def user_api_key() -> str:
+    """The key of an OpenAI-compatible user server: USER_API_KEY, else OPENAI_API_KEY, else none (a local vLLM).
+
+    "EMPTY" stands for no key, as vLLM's docs do, since the SDK refuses an empty one.
+    """
+    return os.environ.get("USER_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+
+
+class OpenAIChatClient(ConcurrentChatClient):
+    """Any OpenAI-compatible `/v1/chat/completions` endpoint on the shared layer, through the official `openai` SDK.
+
+    Replies are streamed and read whole: every server streams (transformers serve answers nothing else), and the
+    last event carries the usage where the server reports it (`stream_options.include_usage`). A set `top_k` goes
+    in the request body, where vLLM and SGLang read it; left at None it is not sent (some servers refuse it).
+    """
+
+    wire = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        max_concurrency: int = 16,
+        timeout: float = 60.0,
+        max_retries: int = 8,
+        cache_dir: Optional[str | os.PathLike] = None,
+        api_key: Optional[str] = None,
+    ):
+        super().__init__(max_concurrency, timeout, max_retries, cache_dir)
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"the user API base must be an http(s) URL such as http://host:8000/v1, got {base_url!r}")
+        http_client = httpx.Client(
+            transport=_UnreadableRepliesAsServerErrors(),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+        )
+        self._client = openai.OpenAI(
+            api_key=api_key if api_key is not None else user_api_key(),
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http_client,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url)
+
+    def _call(self, request: ChatRequest) -> ChatResult:
+        system = [{"role": "system", "content": request.system}] if request.system else []
+        sampling = {name: value for name, value in (("temperature", request.temperature), ("top_p", request.top_p))
+                    if value is not None}
+        extra_body = {"top_k": request.top_k} if request.top_k is not None else None
+        try:
+            stream = self._client.chat.completions.create(
+                model=request.model,
+                messages=[*system, *request.messages],
+                max_tokens=request.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra_body,
+                **sampling,
+            )
+            parts, finish_reason, usage = [], None, None
+            for chunk in stream:
+                usage = chunk.usage or usage
+                for choice in chunk.choices[:1]:
+                    parts.append(choice.delta.content or "")
+                    finish_reason = choice.finish_reason or finish_reason
+        except openai.OpenAIError as err:  # status errors, timeouts, connection errors, error events in the stream
+            return ChatResult(text="", error=f"{type(err).__name__}: {err}")
+        tokens = {"input_tokens": usage.prompt_tokens or 0, "output_tokens": usage.completion_tokens or 0} if usage else {}
+        text = "".join(parts)
+        if not text.strip():
+            return ChatResult(text="", error=f"empty reply (finish_reason={finish_reason})", **tokens)
+        return ChatResult(text=text, **tokens)

@@ -192,10 +192,10 @@ class ClaudeJudge:
         )
 
     def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
-        from chat_clients import MessagesRequest
+        from chat_clients import ChatRequest
 
         requests = [
-            MessagesRequest.from_chat(
+            ChatRequest.from_chat(
                 self.args.judge_model, chat, max_tokens=self.args.judge_max_new_tokens,
                 temperature=self.args.judge_temperature,
             )

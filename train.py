@@ -3,8 +3,10 @@
     python train.py --train_jsonl data/sample/train.jsonl --model_name_or_path Qwen/Qwen3-8B \
         --user_model_name_or_path Qwen/Qwen3-8B --style concise_casual_beginner --output_dir runs/x
 
-Every GRPOConfig/TrainingArguments flag works too, and `--config recipe.yaml` reads them from a file. Without
-`--user_model_name_or_path` the user is Claude (needs ANTHROPIC_API_KEY). All input is checked before any
+Every GRPOConfig/TrainingArguments flag works too, and `--config recipe.yaml` reads them from a file. The user is
+a local model on every rank (`--user_model_name_or_path`), one shared OpenAI-compatible server such as vLLM
+(`--user_api_base URL --user_api_model NAME`, scripts/serve_user_simulator.sh starts one), or else Claude (needs
+ANTHROPIC_API_KEY). All input is checked before any
 model is loaded, so a typo costs seconds, not the minutes an 8B model takes to load.
 """
 
@@ -21,17 +23,19 @@ from prompts import SYSTEM_PROMPTS, load_prompt_dataset, prompt_token_limit
 from run_files import resolve_checkpoint
 from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from api_user import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator
 from chat_clients import DEFAULT_CLAUDE_MODEL
-from claude_user import ClaudeStyleUserSimulator
 from cli_args import DataArguments, check_positive, run_cli, train_and_save
 from user_simulator import StyleUserSimulator, UserSimulator
 
 logger = logging.getLogger(__name__)
 
 # The authors' simulated users: a local model replies in up to 128 tokens at temperature 0.7 (with Qwen3's top_p
-# 0.95 and top_k 20, which transformers filled in), Claude in up to 256 tokens at temperature 0.
+# 0.95 and top_k 20, which transformers filled in), Claude in up to 256 tokens at temperature 0. A served user
+# model ("api") is the local one moved to a server, so it keeps the local defaults.
 USER_DEFAULTS = {
     "local": {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95, "top_k": 20},
+    "api": {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95, "top_k": 20},
     "claude": {"max_new_tokens": 256, "temperature": 0.0},
 }
 
@@ -55,7 +59,18 @@ class ScriptArguments(DataArguments):
     )
     user_model_name_or_path: Optional[str] = field(
         default=None,
-        metadata={"help": "Local user-simulator model. When unset, Claude plays the user (needs ANTHROPIC_API_KEY)."},
+        metadata={"help": "Local user-simulator model, loaded on every rank. When neither it nor --user_api_base is "
+                          "set, Claude plays the user (needs ANTHROPIC_API_KEY)."},
+    )
+    user_api_base: Optional[str] = field(
+        default=None,
+        metadata={"help": "URL of an OpenAI-compatible server playing the user, shared by all ranks, e.g. "
+                          "http://simhost:8000/v1 (vLLM, SGLang, llama.cpp, TGI). Its key, if any, is read from "
+                          "USER_API_KEY (else OPENAI_API_KEY) and never logged or saved."},
+    )
+    user_api_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model name the --user_api_base server serves (its /v1/models lists it)."},
     )
     user_max_new_tokens: Optional[int] = field(
         default=None, metadata={"help": "Longest simulated-user reply, in tokens (default: 128 local, 256 Claude)."}
@@ -65,21 +80,26 @@ class ScriptArguments(DataArguments):
         metadata={"help": "Sampling temperature of the simulated user (default: 0.7 local, 0 Claude; 0 is greedy)."},
     )
     user_top_p: Optional[float] = field(
-        default=None, metadata={"help": "top_p of a local simulated user (default 0.95; 1.0 switches it off)."}
+        default=None, metadata={"help": "top_p of a local or served user (default 0.95; 1.0 switches it off)."}
     )
     user_top_k: Optional[int] = field(
-        default=None, metadata={"help": "top_k of a local simulated user (default 20; 0 switches it off)."}
+        default=None,
+        metadata={"help": "top_k of a local or served user (default 20; 0 switches it off, and sends no top_k to a "
+                          "server)."},
     )
     user_batch_size: int = field(default=8, metadata={"help": "Batch size of the local user simulator."})
     claude_model: str = field(default=DEFAULT_CLAUDE_MODEL, metadata={"help": "Claude model of the user."})
-    claude_max_concurrency: int = field(default=16, metadata={"help": "Concurrent Claude requests per process."})
-    claude_timeout: float = field(default=60.0, metadata={"help": "Seconds before one Claude request times out."})
-    claude_max_retries: int = field(default=8, metadata={"help": "Retries of the anthropic SDK per request."})
-    claude_max_failed_frac: float = field(
-        default=0.5, metadata={"help": "Stop when more than this share of a step's Claude requests fails for good."}
+    user_api_max_concurrency: int = field(
+        default=16, metadata={"help": "Concurrent requests per process to the user's API (Claude or a server)."}
     )
-    claude_cache_dir: Optional[str] = field(
-        default=None, metadata={"help": "On-disk cache of Claude replies, so a resumed run does not pay twice."}
+    user_api_timeout: float = field(default=60.0, metadata={"help": "Seconds before one user request times out."})
+    user_api_max_retries: int = field(default=8, metadata={"help": "Retries of the API SDK per user request."})
+    user_api_max_failed_frac: float = field(
+        default=0.5, metadata={"help": "Stop when more than this share of a step's user requests fails for good."}
+    )
+    user_api_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "On-disk cache of the API user's replies, so a resumed run does not pay twice."},
     )
     # Resolved in __post_init__, not flags: the persona text of `style`, and which user plays it.
     persona: str = field(default="", init=False)
@@ -92,15 +112,38 @@ class ScriptArguments(DataArguments):
         # The persona file is read and checked here, before any model loads; the text is kept for the run.
         self.style, self.persona = resolve_persona(self.style, self.persona_file)
         check_positive(self, "user_max_new_tokens")
-        self.user_backend = "local" if self.user_model_name_or_path is not None else "claude"
+        self.user_backend = self._pick_user_backend()
         defaults = USER_DEFAULTS[self.user_backend]
         if self.user_backend == "claude" and (self.user_top_p is not None or self.user_top_k is not None):
-            raise ValueError("--user_top_p and --user_top_k apply to a local user model (--user_model_name_or_path)")
+            raise ValueError("--user_top_p and --user_top_k apply to a local or served user model "
+                             "(--user_model_name_or_path or --user_api_base), not to Claude")
         for flag in ("max_new_tokens", "temperature", "top_p", "top_k"):
             if getattr(self, f"user_{flag}") is None and flag in defaults:
                 setattr(self, f"user_{flag}", defaults[flag])
-        if self.user_backend == "local":
+        if self.user_backend != "claude":
             Sampling(temperature=self.user_temperature, top_p=self.user_top_p, top_k=self.user_top_k)
+        check_positive(self, "user_api_max_concurrency")
+        if self.user_api_timeout <= 0:
+            raise ValueError(f"--user_api_timeout must be > 0 seconds, got {self.user_api_timeout}")
+
+    def _pick_user_backend(self) -> str:
+        """local (a model on every rank), api (one shared OpenAI-compatible server) or claude."""
+        if self.user_api_base is None:
+            if self.user_api_model is not None:
+                raise ValueError("--user_api_model names the model of a --user_api_base server; set --user_api_base")
+            return "local" if self.user_model_name_or_path is not None else "claude"
+        if self.user_model_name_or_path is not None:
+            raise ValueError(
+                "Set either --user_model_name_or_path (a user model loaded on every rank) or --user_api_base (one "
+                "server all ranks share), not both"
+            )
+        if not self.user_api_base.startswith(("http://", "https://")):
+            raise ValueError(f"--user_api_base must be an http(s) URL such as http://simhost:8000/v1, "
+                             f"got {self.user_api_base!r}")
+        if not self.user_api_model:
+            raise ValueError("--user_api_base needs --user_api_model: the model name the server serves "
+                             "(GET <user_api_base>/models lists it)")
+        return "api"
 
 
 def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
@@ -114,25 +157,39 @@ def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> U
             batch_size=args.user_batch_size,
             chat_template_kwargs=chat_template_kwargs,
         )
+    client_settings = dict(
+        max_concurrency=args.user_api_max_concurrency,
+        timeout=args.user_api_timeout,
+        max_retries=args.user_api_max_retries,
+        max_failed_frac=args.user_api_max_failed_frac,
+        cache_dir=args.user_api_cache_dir,
+        persona=args.persona,
+    )
+    if args.user_backend == "api":
+        return OpenAIStyleUserSimulator(
+            args.style,
+            base_url=args.user_api_base,
+            model=args.user_api_model,
+            max_tokens=args.user_max_new_tokens,
+            temperature=args.user_temperature,
+            top_p=args.user_top_p,
+            top_k=args.user_top_k,
+            **client_settings,
+        )
     return ClaudeStyleUserSimulator(
         args.style,
-        persona=args.persona,
         model=args.claude_model,
         max_tokens=args.user_max_new_tokens,
         temperature=args.user_temperature,
-        max_concurrency=args.claude_max_concurrency,
-        timeout=args.claude_timeout,
-        max_retries=args.claude_max_retries,
-        max_failed_frac=args.claude_max_failed_frac,
-        cache_dir=args.claude_cache_dir,
+        **client_settings,
     )
 
 
 def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
-    # Claude is set up first, so a missing API key fails within a second; a local user model is loaded only once
-    # the data has been checked, since loading it takes minutes.
+    # An API user is set up first, so a missing key or a bad URL fails within a second; a local user model is
+    # loaded only once the data has been checked, since loading it takes minutes.
     local_user = script_args.user_backend == "local"
     user_simulator = None if local_user else build_user_simulator(script_args, training_args.chat_template_kwargs)
     system_prompt = SYSTEM_PROMPTS[script_args.system_prompt]

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from messages_server import MessagesServer  # noqa: E402
-from claude_user import ClaudeStyleUserSimulator  # noqa: E402
+from api_user import ClaudeStyleUserSimulator  # noqa: E402
 
 
 def timed_run(n: int, concurrency: int) -> tuple[float, dict]:

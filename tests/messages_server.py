@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 that speaks enough of the Anthropic Messages API for the `anthropic` SDK.
+"""A real HTTP server on 127.0.0.1 that speaks enough of two chat APIs for their official SDKs: the Anthropic
+Messages API (POST /v1/messages) and OpenAI chat completions (POST /v1/chat/completions, streamed or not).
 
 Tests and benchmarks point the real SDK at it (ANTHROPIC_BASE_URL or base_url) and inject faults per request.
 A request is identified by a tag, `ID:<tag>`, written anywhere in its text; the default reply echoes that tag,
@@ -171,17 +172,21 @@ class MessagesServer:
                     with server._lock:
                         server.in_flight -= 1
 
+            openai = False  # set per request: which API's wire format the reply takes
+
             def _answer(self):
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
-                if self.path.split("?")[0] != "/v1/messages":
+                route = self.path.split("?")[0]
+                if route not in ("/v1/messages", "/v1/chat/completions"):
                     return self._send_error(404, "not_found_error", f"no route {self.path}")
+                self.openai = route == "/v1/chat/completions"
                 try:
                     body = json.loads(raw)
                 except json.JSONDecodeError as err:
                     return self._send_error(400, "invalid_request_error", f"request body is not JSON: {err}")
                 sampling = [name for name in SAMPLING_PARAMETERS if name in body]
-                if sampling and self.headers.get("anthropic-version") != SAMPLING_API_VERSION:
+                if sampling and not self.openai and self.headers.get("anthropic-version") != SAMPLING_API_VERSION:
                     return self._send_error(
                         400, "invalid_request_error", f"{sampling[0]}: Extra inputs are not permitted"
                     )
@@ -201,8 +206,12 @@ class MessagesServer:
                 if fault is not None and fault.kind == "slow":
                     time.sleep(fault.delay)
                 if fault is not None and fault.kind == "malformed":
+                    if self.openai and body.get("stream"):
+                        return self._send(200, b'data: {"id": "chatcmpl-broken", "choices": [\n\n', {}, "text/event-stream")
                     return self._send(200, b'{"id": "msg_broken", "type": "message", "content": [', {})
                 text = "" if fault is not None and fault.kind == "empty" else server.reply(body)
+                if self.openai:
+                    return self._send_chat_completion(body, text)
                 message = {
                     "id": f"msg_{len(server.requests):06d}",
                     "type": "message",
@@ -218,14 +227,34 @@ class MessagesServer:
                 }
                 self._send(200, json.dumps(message).encode(), {})
 
+            def _send_chat_completion(self, body: dict, text: str):
+                """A chat completion: SSE chunks (text word by word, then usage when asked for) or one JSON object."""
+                usage = {"prompt_tokens": len(request_text(body).split()), "completion_tokens": len(text.split())}
+                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                base = {"id": f"chatcmpl-{len(server.requests):06d}", "created": 0, "model": body.get("model", "?")}
+                if not body.get("stream"):
+                    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    reply = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+                    return self._send(200, json.dumps(reply).encode(), {})
+                chunk = {**base, "object": "chat.completion.chunk"}
+                deltas = [{"role": "assistant", "content": ""}] + [{"content": w} for w in re.split(r"(?<= )", text) if w]
+                events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+                events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    events.append({**chunk, "choices": [], "usage": usage})
+                payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                self._send(200, payload.encode(), {}, "text/event-stream")
+
             def _send_error(self, status, error_type, message, headers=None):
                 body = {"type": "error", "error": {"type": error_type, "message": message}}
+                if self.openai:
+                    body = {"error": {"type": error_type, "message": message, "code": status}}
                 self._send(status, json.dumps(body).encode(), headers or {})
 
-            def _send(self, status, payload: bytes, headers: dict):
+            def _send(self, status, payload: bytes, headers: dict, content_type: str = "application/json"):
                 try:
                     self.send_response(status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", content_type)
                     self.send_header("content-length", str(len(payload)))
                     self.send_header("request-id", f"req_test_{status}")
                     for name, value in headers.items():

@@ -53,7 +53,7 @@ def claude_run(base: Path, prompts: Path, server: MessagesServer):
         "--train_n", "2", "--system_prompt", "general", "--model_name_or_path", str(MODEL_DIR),
         "--output_dir", str(base / "claude"), "--max_steps", "1", "--per_device_train_batch_size", "2",
         "--max_completion_length", "4", "--save_steps", "1", "--logging_steps", "1", "--report_to", "none",
-        "--bf16", "false", "--use_cpu", "true", "--user_max_new_tokens", "16", "--claude_max_retries", "0",
+        "--bf16", "false", "--use_cpu", "true", "--user_max_new_tokens", "16", "--user_api_max_retries", "0",
     ]
     return start(command, base / "claude.log", env=dict(subprocess_env(), ANTHROPIC_BASE_URL=server.url))
 

@@ -104,7 +104,13 @@ def test_empty_after_filtering_is_an_error(model_dir, tmp_path):
         (["--train_jsonl", "{data}", "--train_n", "0"], ValueError, "--train_n must be >= 1"),
         (["--train_jsonl", "{data}", "--persona_file", "/nope.yaml"], FileNotFoundError, "persona file: no such"),
         (["--train_jsonl", "{data}", "--persona_file", "{bad_personas}"], ValueError, r"personas\.yaml:2: .*poetic"),
-        (["--train_jsonl", "{data}", "--user_top_p", "0.9"], ValueError, "apply to a local user model"),
+        (["--train_jsonl", "{data}", "--user_top_p", "0.9"], ValueError, "apply to a local or served user model"),
+        (["--train_jsonl", "{data}", "--user_api_base", "http://h:8000/v1"], ValueError, "needs --user_api_model"),
+        (["--train_jsonl", "{data}", "--user_api_base", "h:8000", "--user_api_model", "m"], ValueError, "http"),
+        (["--train_jsonl", "{data}", "--user_api_model", "m"], ValueError, "set --user_api_base"),
+        (["--train_jsonl", "{data}", "--user_api_base", "http://h/v1", "--user_api_model", "m",
+          "--user_model_name_or_path", "u"], ValueError, "not both"),
+        (["--train_jsonl", "{data}", "--user_api_max_concurrency", "0"], ValueError, "user_api_max_concurrency"),
         (["--train_jsonl", "{data}", "--user_model_name_or_path", "u", "--user_top_p", "1.5"], ValueError, "top_p"),
     ],
 )
@@ -128,6 +134,9 @@ def test_persona_file_and_the_authors_user_defaults(prompts_file, tmp_path):
     claude, _ = parse(common + ["--style", "answer_direclty_reduce_formatting"])
     assert claude.style == "answer_directly_reduce_formatting"  # the research code's spelling is accepted
     assert (claude.user_backend, claude.user_max_new_tokens, claude.user_temperature) == ("claude", 256, 0.0)
+    served, _ = parse(common + ["--user_api_base", "http://simhost:8000/v1", "--user_api_model", "Qwen/Qwen3-8B"])
+    assert (served.user_backend, served.user_max_new_tokens, served.user_temperature) == ("api", 128, 0.7)
+    assert (served.user_top_p, served.user_top_k) == (0.95, 20)  # the local user's, moved to a server
 
 
 def test_unknown_system_prompt_lists_the_choices(prompts_file, tmp_path, capsys):
