@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shared by the scripts in scripts/ (sourced, never run): option parsing, printing, checks, the launcher and the
 # train.py command both training scripts build. Commands are bash arrays, printed with printf %q and never re-parsed by the shell.
-# Secrets (ANTHROPIC_API_KEY, WANDB_API_KEY, HF_TOKEN) are only ever reported as "set" or "not set".
+# Secrets (ANTHROPIC_API_KEY, USER_API_KEY, WANDB_API_KEY, HF_TOKEN) are only ever reported as "set" or "not set".
 
 SDPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SDPO_SCRIPT="$(basename "$0")"
@@ -69,8 +69,8 @@ sdpo_export() {
   EXPORTED+=("$1")
 }
 
-# Print the exported variables and the command (pasteable as they are), then run it unless this is a dry run.
-sdpo_print_and_run() {
+# Print the exported variables and the command (pasteable as they are); a dry run ends here.
+sdpo_print_command() {
   local name
   if ((${#EXPORTED[@]})); then
     echo "environment:"
@@ -84,6 +84,10 @@ sdpo_print_and_run() {
     echo "dry run: nothing was executed"
     exit 0
   fi
+}
+
+sdpo_print_and_run() {
+  sdpo_print_command "$@"
   exec "$@"
 }
 
@@ -167,7 +171,7 @@ sdpo_train() {
     WANDB_NAME
   sdpo_schedule
   echo "credentials:"
-  sdpo_show_secrets ANTHROPIC_API_KEY WANDB_API_KEY HF_TOKEN
+  sdpo_show_secrets ANTHROPIC_API_KEY USER_API_KEY WANDB_API_KEY HF_TOKEN
 
   local hint="make it with $PREPARE_SCRIPT" name
   sdpo_require_file TRAIN_JSONL "$hint"
@@ -187,6 +191,18 @@ sdpo_train() {
   if [[ -n "${RESUME_FROM_CHECKPOINT:-}" ]]; then cmd+=(--resume_from_checkpoint "$RESUME_FROM_CHECKPOINT"); fi
   cmd+=("${PASSTHROUGH[@]}")
   sdpo_print_and_run "${cmd[@]}"
+}
+
+# With USER_API_BASE set, one shared OpenAI-compatible server (scripts/serve_user_simulator.sh) plays the user
+# instead of what the experiment would otherwise run (a user model on every rank, or Claude). Returns 1 without it.
+sdpo_api_user() {
+  if [[ -z "${USER_API_BASE:-}" ]]; then return 1; fi
+  : "${USER_API_MODEL:=${USER_MODEL_NAME_OR_PATH:-}}"
+  if [[ -z "$USER_API_MODEL" ]]; then
+    sdpo_usage_error "USER_API_BASE is set but USER_API_MODEL is not: set it to the model name the server serves"
+  fi
+  SHOWN_SIMULATOR_VARS=(USER_API_BASE USER_API_MODEL)
+  SIMULATOR_ARGS=(--user_api_base "$USER_API_BASE" --user_api_model "$USER_API_MODEL")
 }
 
 # The online experiments' own flags and variables: the policy's system prompt and the simulated user.

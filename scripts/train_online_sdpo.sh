@@ -22,6 +22,8 @@ Variables (default):
   MAX_PROMPT_TOKENS        drop longer prompts, in chat-formatted tokens (512, the authors' filter)
   SYSTEM_PROMPT            policy system prompt: tldr or general (general)
   CLAUDE_MODEL             Claude model of the user (unset: train.py's default, Claude Haiku 4.5)
+  USER_API_BASE            URL of an OpenAI-compatible user server to use instead of Claude (unset); with
+                           USER_API_MODEL, the model name it serves, and USER_API_KEY, its key if it needs one
   RECIPE                   YAML run settings passed with --config (recipes/helpsteer.yaml)
   SAVE_STEPS               save a checkpoint every this many steps (the recipe's save_steps: 3)
   RUN_ID                   run name (helpsteer-<style>-<date>-<time>)
@@ -57,12 +59,13 @@ PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh
 : "${RECIPE:=$SDPO_ROOT/recipes/helpsteer.yaml}"
 : "${WANDB_PROJECT:=sdpo-helpsteer2}"
 
-SHOWN_SIMULATOR_VARS=(CLAUDE_MODEL)
-SIMULATOR_ARGS=()
-if [[ -n "${CLAUDE_MODEL:-}" ]]; then SIMULATOR_ARGS=(--claude_model "$CLAUDE_MODEL"); fi
-
 sdpo_parse_args "$@"
-sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
-  "scripts/train_online_sdpo_tldr.sh, whose user model runs locally"
+if ! sdpo_api_user; then
+  SHOWN_SIMULATOR_VARS=(CLAUDE_MODEL)
+  SIMULATOR_ARGS=()
+  if [[ -n "${CLAUDE_MODEL:-}" ]]; then SIMULATOR_ARGS=(--claude_model "$CLAUDE_MODEL"); fi
+  sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
+    "USER_API_BASE, a user model on your own server"
+fi
 sdpo_online_mode
 sdpo_train

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Experiment 1: online SDPO on TL;DR prompts, with a local Qwen3-8B playing the user (StyleUserSimulator).
+# Experiment 1: online SDPO on TL;DR prompts, with a Qwen3-8B playing the user: on every rank (StyleUserSimulator),
+# or served once to all ranks with USER_API_BASE (OpenAIStyleUserSimulator).
 # Every setting is an environment variable (see usage below); the paper's run settings are in recipes/tldr.yaml.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -10,7 +11,10 @@ usage: [VAR=value ...] scripts/train_online_sdpo_tldr.sh [--dry-run] [-- extra t
 
 Online SDPO on TL;DR summarization with a local user simulator. Variables (default):
   MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
-  USER_MODEL_NAME_OR_PATH  local user-simulator model (Qwen/Qwen3-8B)
+  USER_MODEL_NAME_OR_PATH  user-simulator model, loaded on every rank (Qwen/Qwen3-8B)
+  USER_API_BASE            URL of a shared OpenAI-compatible user server, e.g. http://simhost:8000/v1, used instead
+                           of loading the user model on every rank (unset); scripts/serve_user_simulator.sh starts one
+  USER_API_MODEL           model name that server serves (USER_MODEL_NAME_OR_PATH); its key, if any: USER_API_KEY
   STYLE                    simulated user's style (concise_casual_beginner); the personas are in personas.yaml
   PERSONA_FILE             YAML or JSON file of style -> persona adding to or overriding personas.yaml (unset)
   LR, BS, GA               learning rate, per-device batch size, gradient accumulation (5e-6, 2, 4)
@@ -57,8 +61,10 @@ PREPARE_SCRIPT=scripts/prepare_data_tldr.sh
 : "${RECIPE:=$SDPO_ROOT/recipes/tldr.yaml}"
 : "${WANDB_PROJECT:=sdpo-tldr}"
 
-SHOWN_SIMULATOR_VARS=(USER_MODEL_NAME_OR_PATH)
-SIMULATOR_ARGS=(--user_model_name_or_path "$USER_MODEL_NAME_OR_PATH")
 sdpo_parse_args "$@"
+if ! sdpo_api_user; then
+  SHOWN_SIMULATOR_VARS=(USER_MODEL_NAME_OR_PATH)
+  SIMULATOR_ARGS=(--user_model_name_or_path "$USER_MODEL_NAME_OR_PATH")
+fi
 sdpo_online_mode
 sdpo_train

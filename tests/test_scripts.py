@@ -27,6 +27,8 @@ SCRIPT_VARS = [
     "TRAIN_JSONL", "VAL_JSONL", "TRAIN_N", "EVAL_N", "SEED", "MAX_PROMPT_TOKENS", "SYSTEM_PROMPT", "RECIPE",
     "RUN_ID", "OUTPUT_DIR", "SCRATCH", "RESUME_FROM_CHECKPOINT", "WANDB_PROJECT", "WANDB_NAME", "WANDB_MODE",
     "WANDB_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "CLAUDE_MODEL", "PYTHON", "OUT_DIR", "DATA_SOURCE",
+    "USER_API_BASE", "USER_API_MODEL", "USER_API_KEY", "USER_GPUS", "USER_TP", "HOST", "PORT", "USER_MAX_MODEL_LEN",
+    "USER_GPU_MEMORY_UTILIZATION", "HEALTH_TIMEOUT", "VLLM", "CUDA_VISIBLE_DEVICES",
 ]
 TRAINING = {
     "tldr": dict(script="train_online_sdpo_tldr.sh", recipe="recipes/tldr.yaml", runs="sdpo-tldr-runs",
@@ -40,7 +42,7 @@ PREPARE = {"tldr": ("prepare_data_tldr.sh", "data/tldr_prompts_unique"),
            "helpsteer": ("prepare_data_helpsteer.sh", "data/helpsteer2_prompts"),
            "wildchat": ("prepare_data_wildchat.sh", "data/wildchat_conversations"),
            "wildfeedback": ("prepare_data_wildfeedback.sh", "data/wildfeedback_conversations")}
-ALL_SCRIPTS = [TRAINING[e]["script"] for e in TRAINING] + [PREPARE[e][0] for e in PREPARE]
+ALL_SCRIPTS = [TRAINING[e]["script"] for e in TRAINING] + [PREPARE[e][0] for e in PREPARE] + ["serve_user_simulator.sh"]
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-MARKER-a1b2c3", "WANDB_API_KEY": "wandb-MARKER-d4e5f6",
            "HF_TOKEN": "hf_MARKER_g7h8i9"}
 
