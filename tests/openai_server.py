@@ -29,8 +29,10 @@ def free_port() -> int:
 class TransformersServer:
     """`transformers serve --force-model <model_dir>` in its own process group, one CPU thread, until stop()."""
 
-    def __init__(self, model_dir: str, log_path: Path, threads: int = 1, startup_timeout: float = 180.0):
+    def __init__(self, model_dir: str, log_path: Path, threads: int = 1, dtype: str = "float32",
+                 startup_timeout: float = 180.0):
         self.model = str(model_dir)
+        self.dtype = dtype
         self.log_path = Path(log_path)
         self.port = free_port()
         self.threads = threads
@@ -48,7 +50,7 @@ class TransformersServer:
     def start(self) -> "TransformersServer":
         cli = Path(sys.executable).with_name("transformers")
         command = [str(cli), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--force-model", self.model,
-                   "--dtype", "float32", "--log_level", "warning"]
+                   "--dtype", self.dtype, "--log_level", "warning"]
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
