@@ -1,5 +1,8 @@
 """The command-line arguments both training entry points share, so that the same setting has the same flag name
-online (train.py) and offline (train_offline.py). Checked on parsing, before any model loads."""
+online (train.py) and offline (train_offline.py). Checked on parsing, before any model loads.
+
+The policy's model flags are TRL's own `ModelConfig` (dtype, attention, LoRA/PEFT, k-bit loading), as in TRL's
+scripts, so `--use_peft --lora_r 16 --lora_target_modules q_proj v_proj` means here what it means there."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional
+
+from trl import ModelConfig, get_kbit_device_map, get_peft_config, get_quantization_config
 
 
 @dataclass
@@ -30,8 +35,6 @@ class DataArguments:
                           "is silently truncated). Online, longer prompts are dropped; offline, they lose their "
                           "earliest exchanges first."},
     )
-    model_name_or_path: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."})
-
     def __post_init__(self):
         if self.train_jsonl is None:
             raise ValueError(f"--train_jsonl is required ({self.DATA_HINT})")
@@ -40,6 +43,36 @@ class DataArguments:
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"--{flag}: no such file: {path}")
         check_positive(self, "train_n", "eval_n", "max_prompt_tokens")
+
+
+@dataclass
+class PolicyModelConfig(ModelConfig):
+    """TRL's ModelConfig with the paper's policy as the default model."""
+
+    model_name_or_path: Optional[str] = field(
+        default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."}
+    )
+
+
+def policy_init(model_args: ModelConfig, training_args) -> Optional[object]:
+    """Fold the model flags into `training_args.model_init_kwargs` and return the PEFT config (None without LoRA).
+
+    A flag set on the command line wins over a recipe's `model_init_kwargs` (the recipes load the policy in bf16);
+    a flag left unset keeps the recipe's value, so `--use_peft` alone changes nothing else.
+    """
+    kwargs = dict(training_args.model_init_kwargs or {})
+    if model_args.model_revision != "main":
+        kwargs["revision"] = model_args.model_revision
+    if model_args.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    for name in ("attn_implementation", "dtype"):
+        if getattr(model_args, name) is not None:
+            kwargs[name] = getattr(model_args, name)
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, device_map=get_kbit_device_map())
+    training_args.model_init_kwargs = kwargs or None
+    return get_peft_config(model_args)
 
 
 def check_positive(args, *flags: str) -> None:

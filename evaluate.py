@@ -51,6 +51,8 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
+# A LoRA run's checkpoint: the adapter, loaded over the base model its config names (transformers does it with peft).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 JUDGMENTS_NAME = "judgments.jsonl"
 BASELINE_CACHE_NAME = "baseline_responses.jsonl"
 
@@ -207,9 +209,12 @@ def checkpoint_problems(path: Path) -> list[str]:
     if not path.is_dir():
         return [f"{path}: no such checkpoint folder"]
     problems = []
-    if not (path / "config.json").is_file():
-        problems.append(f"{path}: no config.json")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
+    # An adapter checkpoint's config and weights are its base model's, found where adapter_config.json says.
+    if all((path / name).is_file() for name in ADAPTER_FILES):
+        pass
+    elif not (path / "config.json").is_file():
+        problems.append(f"{path}: no config.json (nor a LoRA adapter: {' and '.join(ADAPTER_FILES)})")
+    elif not any((path / name).is_file() for name in WEIGHT_FILES):
         problems.append(f"{path}: no model weights (expected one of {', '.join(WEIGHT_FILES)})")
     if not (path / RUN_SETTINGS_NAME).is_file():
         problems.append(f"{path}: no {RUN_SETTINGS_NAME} (written by train.py with every checkpoint)")

@@ -25,7 +25,7 @@ from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from api_user import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator
 from chat_clients import DEFAULT_CLAUDE_MODEL
-from cli_args import DataArguments, check_positive, run_cli, train_and_save
+from cli_args import DataArguments, PolicyModelConfig, check_positive, policy_init, run_cli, train_and_save
 from user_simulator import StyleUserSimulator, UserSimulator
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,10 @@ class ScriptArguments(DataArguments):
         return "api"
 
 
+# What the command line parses into, in main's order.
+ARGUMENTS = (ScriptArguments, OnlineSDPOConfig, PolicyModelConfig)
+
+
 def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
     if args.user_backend == "local":
         return StyleUserSimulator(
@@ -185,15 +189,16 @@ def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> U
     )
 
 
-def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
+def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_args: PolicyModelConfig) -> None:
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    peft_config = policy_init(model_args, training_args)
     max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
     # An API user is set up first, so a missing key or a bad URL fails within a second; a local user model is
     # loaded only once the data has been checked, since loading it takes minutes.
     local_user = script_args.user_backend == "local"
     user_simulator = None if local_user else build_user_simulator(script_args, training_args.chat_template_kwargs)
     system_prompt = SYSTEM_PROMPTS[script_args.system_prompt]
-    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     load = dict(
         system_prompt=system_prompt,
         tokenizer=tokenizer,
@@ -210,12 +215,13 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
     if local_user:
         user_simulator = build_user_simulator(script_args, training_args.chat_template_kwargs)
     trainer = OnlineSDPOTrainer(
-        model=script_args.model_name_or_path,
+        model=model_args.model_name_or_path,
         user_simulator=user_simulator,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        peft_config=peft_config,
         run_settings={
             "persona_file": script_args.persona_file,
             "system_prompt_name": script_args.system_prompt,
@@ -229,4 +235,4 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, ScriptArguments, OnlineSDPOConfig)
+    run_cli(main, *ARGUMENTS)

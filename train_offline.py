@@ -16,7 +16,7 @@ from typing import ClassVar, Optional
 
 from transformers import AutoTokenizer
 
-from cli_args import DataArguments, check_positive, run_cli, train_and_save
+from cli_args import DataArguments, PolicyModelConfig, check_positive, policy_init, run_cli, train_and_save
 from conversations import load_conversation_dataset
 from offline_trainer import OfflineSDPOConfig, OfflineSDPOTrainer
 from prompts import prompt_token_limit
@@ -59,9 +59,14 @@ class OfflineScriptArguments(DataArguments):
                        "min_completion_tokens", "min_feedback_tokens", "max_feedback_tokens")
 
 
-def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) -> None:
+# What the command line parses into, in main's order.
+ARGUMENTS = (OfflineScriptArguments, OfflineSDPOConfig, PolicyModelConfig)
+
+
+def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig, model_args: PolicyModelConfig) -> None:
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    peft_config = policy_init(model_args, training_args)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     load = dict(
         tokenizer=tokenizer,
         max_prompt_tokens=prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length),
@@ -83,11 +88,12 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) 
         logger.info("Held-out samples: %d of %s", len(eval_dataset), eval_counts)
 
     trainer = OfflineSDPOTrainer(
-        model=script_args.model_name_or_path,
+        model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        peft_config=peft_config,
         run_settings={"mode": "offline", "train_jsonl": script_args.train_jsonl, "val_jsonl": script_args.val_jsonl,
                       "data_counts": counts, "ignore_first_tokens": training_args.ignore_first_tokens},
     )
@@ -95,4 +101,4 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig) 
 
 
 if __name__ == "__main__":
-    run_cli(main, OfflineScriptArguments, OfflineSDPOConfig)
+    run_cli(main, *ARGUMENTS)

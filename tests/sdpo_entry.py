@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, the repository's modules are not on the path
 
 import train  # noqa: E402
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
+from sdpo_trainer import OnlineSDPOTrainer  # noqa: E402
 from user_simulator import UserSimulator  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
@@ -151,13 +151,13 @@ def recording_trainer(record: RecordArguments):
 
 
 def main() -> None:
-    parser = TrlParser((train.ScriptArguments, OnlineSDPOConfig, RecordArguments))
-    script_args, training_args, record = parser.parse_args_and_config()
+    parser = TrlParser((*train.ARGUMENTS, RecordArguments))
+    script_args, training_args, model_args, record = parser.parse_args_and_config()
     Path(record.record_dir).mkdir(parents=True, exist_ok=True)
     train.build_user_simulator = lambda args, chat_template_kwargs: RecordingUser(Path(record.record_dir))
     train.OnlineSDPOTrainer = recording_trainer(record)
     try:
-        train.main(script_args, training_args)
+        train.main(script_args, training_args, model_args)
     except SystemExit as stop:  # write down each rank's own exit code: torchrun reports only that one failed
         (Path(record.record_dir) / f"exit-rank{rank()}").write_text(str(stop.code))
         raise

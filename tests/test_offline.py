@@ -22,7 +22,7 @@ from conversations import (
     read_conversations,
     token_limit_problem,
 )
-from offline_trainer import OfflineSDPOConfig, first_tokens_mask, signal_weighted_nll
+from offline_trainer import first_tokens_mask, signal_weighted_nll
 from run_files import RUN_SETTINGS_NAME
 from sdpo_trainer import TOKEN_LOG_NAME
 from test_trainer import reference_logps
@@ -115,7 +115,7 @@ def test_token_limits_by_hand():
 @pytest.fixture(scope="module")
 def offline_run(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("offline")
-    args = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig)).parse_args_and_config(
+    args = TrlParser(train_offline.ARGUMENTS).parse_args_and_config(
         offline_flags(model_dir, out))
     train_offline.main(*args)
     return out
@@ -159,7 +159,7 @@ def test_a_resumed_offline_run_ends_where_the_uninterrupted_one_did(offline_run,
 
     resumed = tmp_path / "resumed"
     shutil.copytree(offline_run / "checkpoint-1", resumed / "checkpoint-1")
-    parser = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig))
+    parser = TrlParser(train_offline.ARGUMENTS)
     train_offline.main(*parser.parse_args_and_config(
         offline_flags(model_dir, resumed, "--resume_from_checkpoint", "last")))
     expected, got = load_file(offline_run / "checkpoint-2" / "model.safetensors"), load_file(resumed / "model.safetensors")

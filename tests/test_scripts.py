@@ -368,15 +368,13 @@ def test_printed_command_parses_with_train_py(experiment, tmp_path):
     from trl import TrlParser
 
     import train
-    from sdpo_trainer import OnlineSDPOConfig
 
     env = {"TRAIN_JSONL": str(REPO / "data/sample/train.jsonl"), "VAL_JSONL": str(REPO / "data/sample/validation.jsonl"),
            "WORLD_SIZE": "1", "EVAL_N": "4", "RUN_ID": "parse-check", "OUTPUT_DIR": str(tmp_path / "out"),
            "ANTHROPIC_API_KEY": "k"}
     proc = run(TRAINING[experiment]["script"], "--dry-run", "--", "--use_cpu", "true", env=env, cwd=tmp_path)
     argv = printed_command(proc.stdout)
-    script_args, training_args = TrlParser((train.ScriptArguments, OnlineSDPOConfig)).parse_args_and_config(
-        args=argv[2:])
+    script_args, training_args, model_args = TrlParser(train.ARGUMENTS).parse_args_and_config(args=argv[2:])
     assert training_args.optim == "adamw_bnb_8bit" and training_args.bf16 and training_args.save_steps == 3
     assert training_args.learning_rate == 5e-6 and training_args.run_name == "parse-check"
     assert training_args.per_device_train_batch_size == int(TRAINING[experiment]["bs"])
@@ -422,7 +420,6 @@ def test_offline_dry_run_has_the_authors_settings_and_parses_with_train_offline(
     from trl import TrlParser
 
     import train_offline
-    from offline_trainer import OfflineSDPOConfig
 
     env = {"TRAIN_JSONL": str(REPO / "data/sample/conversations.jsonl"), "OUTPUT_DIR": str(tmp_path / "out")}
     proc = run("train_offline_sdpo.sh", "--dry-run", env=env)
@@ -432,13 +429,13 @@ def test_offline_dry_run_has_the_authors_settings_and_parses_with_train_offline(
     assert "TRAIN_N unset: every sample is used, BS x GA x WORLD_SIZE = 128 a step" in proc.stdout
     one = printed_command(run("train_offline_sdpo.sh", "--dry-run", "--", "--use_cpu", "true",
                               env={**env, "WORLD_SIZE": "1", "TRAIN_N": "64"}).stdout)
-    script_args, config = TrlParser((train_offline.OfflineScriptArguments, OfflineSDPOConfig)).parse_args_and_config(
+    script_args, config, model_args = TrlParser(train_offline.ARGUMENTS).parse_args_and_config(
         args=one[2:])
     assert (config.learning_rate, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (
         2e-6, 4, 8)
     assert config.num_train_epochs == 2 and config.lr_scheduler_type == "cosine" and config.warmup_ratio == 0.05
     assert config.advantage_baseline == "none" and config.ignore_first_tokens == 2 and config.loss_type == "grpo"
-    assert script_args.model_name_or_path == "Qwen/Qwen3-8B" and script_args.train_n == 64
+    assert model_args.model_name_or_path == "Qwen/Qwen3-8B" and script_args.train_n == 64
     assert script_args.max_history_messages == 5
 
 

@@ -6,10 +6,8 @@ import pytest
 from trl import TrlParser
 
 import train
-from sdpo_trainer import OnlineSDPOConfig
 from prompts import load_prompt_dataset, prompt_messages, prompt_token_limit
 from run_files import resolve_checkpoint
-from train import ScriptArguments
 
 
 def write_jsonl(path, rows):
@@ -18,7 +16,7 @@ def write_jsonl(path, rows):
 
 
 def parse(args):
-    return TrlParser((ScriptArguments, OnlineSDPOConfig)).parse_args_and_config(args=args)
+    return TrlParser(train.ARGUMENTS).parse_args_and_config(args=args)
 
 
 @pytest.fixture
@@ -27,7 +25,7 @@ def prompts_file(tmp_path):
 
 
 def test_script_flags_and_trainer_flags_parse_together(prompts_file, tmp_path):
-    script, config = parse([
+    script, config, *_ = parse([
         "--train_jsonl", str(prompts_file), "--train_n", "3", "--eval_n", "2", "--max_prompt_tokens", "300",
         "--system_prompt", "general", "--style", "poetic", "--model_name_or_path", "m",
         "--user_model_name_or_path", "u", "--seed", "11", "--output_dir", str(tmp_path / "out"),
@@ -42,7 +40,7 @@ def test_script_flags_and_trainer_flags_parse_together(prompts_file, tmp_path):
 def test_yaml_config_sets_defaults_and_flags_override(prompts_file, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("learning_rate: 3.0e-6\nmax_completion_length: 64\nbf16: false\nstyle: no_emojis\n")
-    script, config = parse(["--config", str(recipe), "--train_jsonl", str(prompts_file),
+    script, config, *_ = parse(["--config", str(recipe), "--train_jsonl", str(prompts_file),
                             "--max_completion_length", "32", "--output_dir", str(tmp_path / "o")])
     assert config.learning_rate == 3e-6 and config.max_completion_length == 32 and script.style == "no_emojis"
 
@@ -127,14 +125,14 @@ def test_persona_file_and_the_authors_user_defaults(prompts_file, tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text("pirate: You want every answer in pirate speak.\n")
     common = ["--train_jsonl", str(prompts_file), "--output_dir", str(tmp_path / "o"), "--bf16", "false"]
-    local, _ = parse(common + ["--persona_file", str(mine), "--style", "pirate", "--user_model_name_or_path", "u"])
+    local, *_ = parse(common + ["--persona_file", str(mine), "--style", "pirate", "--user_model_name_or_path", "u"])
     assert (local.style, local.persona) == ("pirate", "You want every answer in pirate speak.")
     assert (local.user_backend, local.user_max_new_tokens, local.user_temperature) == ("local", 128, 0.7)
     assert (local.user_top_p, local.user_top_k) == (0.95, 20)
-    claude, _ = parse(common + ["--style", "answer_direclty_reduce_formatting"])
+    claude, *_ = parse(common + ["--style", "answer_direclty_reduce_formatting"])
     assert claude.style == "answer_directly_reduce_formatting"  # the research code's spelling is accepted
     assert (claude.user_backend, claude.user_max_new_tokens, claude.user_temperature) == ("claude", 256, 0.0)
-    served, _ = parse(common + ["--user_api_base", "http://simhost:8000/v1", "--user_api_model", "Qwen/Qwen3-8B"])
+    served, *_ = parse(common + ["--user_api_base", "http://simhost:8000/v1", "--user_api_model", "Qwen/Qwen3-8B"])
     assert (served.user_backend, served.user_max_new_tokens, served.user_temperature) == ("api", 128, 0.7)
     assert (served.user_top_p, served.user_top_k) == (0.95, 20)  # the local user's, moved to a server
 
