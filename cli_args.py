@@ -96,4 +96,12 @@ def run_cli(main: Callable, *argument_classes) -> None:
     from trl import TrlParser
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(*TrlParser(argument_classes).parse_args_and_config())
+    try:
+        main(*TrlParser(argument_classes).parse_args_and_config())
+    finally:
+        # A process group left to the interpreter's exit can abort a process that has finished its work (seen as
+        # "terminate called without an active exception" under torchrun on the CPU), failing a complete run.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

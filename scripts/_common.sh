@@ -91,20 +91,142 @@ sdpo_print_and_run() {
   exec "$@"
 }
 
-# WORLD_SIZE=1 runs plain python; more processes go through accelerate, with ACCELERATE_CONFIG when it is set.
+sdpo_require_positive() {
+  local name
+  for name in "$@"; do
+    [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "$name must be a positive integer, got $(printf '%q' "${!name}")"
+  done
+}
+
+# replicas = the GPUs listed in the variable named $1 / the tensor-parallel size in the variable named $2.
+sdpo_replicas() {
+  local gpus=$1 tp=$2 gpu_list
+  IFS=, read -r -a gpu_list <<<"${!gpus}"
+  if ((${#gpu_list[@]} == 0 || ${#gpu_list[@]} % ${!tp})); then
+    sdpo_usage_error "$gpus=${!gpus} holds ${#gpu_list[@]} GPUs, not a multiple of $tp=${!tp}"
+  fi
+  replicas=$((${#gpu_list[@]} / ${!tp}))
+}
+
+# The address other machines reach a server on: HOST itself, or this machine's name when it listens on all.
+sdpo_reachable_host() {
+  if [[ "$1" == "0.0.0.0" ]]; then hostname -f 2>/dev/null || hostname; else printf '%s\n' "$1"; fi
+}
+
+# Run the server command in "${cmd[@]}" (already printed) until this script is stopped, which stops it too; once
+# HEALTH_URL answers, print the NAME=value pairs to train with. A server that exits first, or is not healthy
+# within HEALTH_TIMEOUT seconds, is an error.
+sdpo_serve_until_stopped() {
+  local health=$1 what=$2 server status deadline=$((SECONDS + HEALTH_TIMEOUT))
+  shift 2
+  "${cmd[@]}" &
+  server=$!
+  trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' INT TERM EXIT
+  until "${PYTHON:-python}" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+    "$health" 2>/dev/null; do
+    if ! kill -0 "$server" 2>/dev/null; then
+      wait "$server" && status=0 || status=$?
+      trap - EXIT
+      sdpo_die "the server exited (status $status) before it answered $health; its output is above"
+    fi
+    if ((SECONDS >= deadline)); then sdpo_die "no answer from $health after HEALTH_TIMEOUT=$HEALTH_TIMEOUT s"; fi
+    sleep 2
+  done
+  echo "$what ready; train with:"
+  printf ' '
+  while (($#)); do printf ' %s=%q' "$1" "$2"; shift 2; done
+  printf '\n'
+  wait "$server"
+}
+
+# ACCELERATE_CONFIG may name one of the configs shipped at the repository root instead of giving a path.
+declare -A SDPO_ACCELERATE_CONFIGS=(
+  [ddp]=multigpu_accelerate_config.yaml
+  [zero2]=deepspeed_zero2_accelerate_config.yaml
+  [zero3]=deepspeed_zero3_accelerate_config.yaml
+  [fsdp]=fsdp_accelerate_config.yaml
+)
+
+# The launch variables every training and evaluation script takes, for their usage texts.
+sdpo_launch_usage() {
+  cat <<'USAGE'
+  WORLD_SIZE               processes = GPUs over all machines (4); 1 runs plain python, more run accelerate launch
+  ACCELERATE_CONFIG        accelerate config: ddp, zero2, zero3, fsdp (the files at the repository root) or a path
+                           (unset: accelerate's defaults, plain data parallel)
+  NUM_MACHINES             machines of a multi-node run (1); run the script once on each, with its MACHINE_RANK
+  MACHINE_RANK             this machine's rank, 0 on the main one (0)
+  MAIN_PROCESS_IP          address of machine 0 as the others reach it (needed when NUM_MACHINES > 1)
+  MAIN_PROCESS_PORT        a free port there (29500)
+USAGE
+}
+
+sdpo_vllm_usage() {
+  cat <<'USAGE'
+  USE_VLLM                 generate with vLLM: colocate (in each training process) or server (unset: transformers)
+  VLLM_GPU_MEMORY_UTILIZATION, VLLM_TP  colocate: share of each GPU for vLLM (0.3), tensor-parallel size (1)
+  VLLM_SERVER_URL          server: the URL scripts/serve_policy_vllm.sh prints
+USAGE
+}
+
+# WORLD_SIZE=1 runs plain python; more processes go through accelerate launch, with the named or given
+# ACCELERATE_CONFIG, and across NUM_MACHINES machines. WORLD_SIZE always sets --num_processes, so the schedule the
+# script prints is the one that runs, whatever the config file's num_processes says.
 sdpo_launcher() {
-  [[ "$WORLD_SIZE" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "WORLD_SIZE must be a positive integer, got $(printf '%q' "$WORLD_SIZE")"
+  : "${NUM_MACHINES:=1}" "${MACHINE_RANK:=0}" "${MAIN_PROCESS_PORT:=29500}"
+  sdpo_require_positive WORLD_SIZE NUM_MACHINES MAIN_PROCESS_PORT
+  if [[ ! "$MACHINE_RANK" =~ ^[0-9]+$ ]] || ((MACHINE_RANK >= NUM_MACHINES)); then
+    sdpo_usage_error "MACHINE_RANK must be 0 to $((NUM_MACHINES - 1)) for NUM_MACHINES=$NUM_MACHINES, got $(printf '%q' "$MACHINE_RANK")"
+  fi
   if ((WORLD_SIZE == 1)); then
+    if ((NUM_MACHINES > 1)); then sdpo_usage_error "NUM_MACHINES=$NUM_MACHINES needs WORLD_SIZE > 1"; fi
     if [[ -n "${ACCELERATE_CONFIG:-}" ]]; then
       sdpo_warn "WORLD_SIZE=1: ACCELERATE_CONFIG is ignored (plain python, one process)"
     fi
     LAUNCHER=("${PYTHON:-python}")
-  elif [[ -n "${ACCELERATE_CONFIG:-}" ]]; then
-    sdpo_require_file ACCELERATE_CONFIG "an accelerate config file, e.g. ./multigpu_accelerate_config.yaml"
-    LAUNCHER=(accelerate launch --config_file "$ACCELERATE_CONFIG")
-  else
-    LAUNCHER=(accelerate launch --num_processes "$WORLD_SIZE")
+    return 0
   fi
+  LAUNCHER=(accelerate launch)
+  if [[ -n "${ACCELERATE_CONFIG:-}" ]]; then
+    if [[ -n "${SDPO_ACCELERATE_CONFIGS[$ACCELERATE_CONFIG]:-}" ]]; then
+      ACCELERATE_CONFIG=$SDPO_ROOT/${SDPO_ACCELERATE_CONFIGS[$ACCELERATE_CONFIG]}
+    fi
+    sdpo_require_file ACCELERATE_CONFIG "ddp, zero2, zero3, fsdp, or an accelerate config file"
+    LAUNCHER+=(--config_file "$ACCELERATE_CONFIG")
+  fi
+  LAUNCHER+=(--num_processes "$WORLD_SIZE")
+  if ((NUM_MACHINES > 1)); then
+    if [[ -z "${MAIN_PROCESS_IP:-}" ]]; then
+      sdpo_usage_error "NUM_MACHINES=$NUM_MACHINES needs MAIN_PROCESS_IP, the address of machine 0"
+    fi
+    if ((WORLD_SIZE % NUM_MACHINES)); then
+      sdpo_usage_error "WORLD_SIZE=$WORLD_SIZE (processes over all machines) is not a multiple of NUM_MACHINES=$NUM_MACHINES"
+    fi
+    LAUNCHER+=(--num_machines "$NUM_MACHINES" --machine_rank "$MACHINE_RANK" --main_process_ip "$MAIN_PROCESS_IP"
+      --main_process_port "$MAIN_PROCESS_PORT")
+  fi
+}
+
+# USE_VLLM=colocate generates with vLLM inside each training process (sharing its GPU), USE_VLLM=server asks the
+# `trl vllm-serve` of scripts/serve_policy_vllm.sh; either way with the sampling of the recipe and flags.
+sdpo_vllm() {
+  VLLM_ARGS=()
+  case "${USE_VLLM:-}" in
+    "") return 0 ;;
+    colocate)
+      : "${VLLM_GPU_MEMORY_UTILIZATION:=0.3}" "${VLLM_TP:=1}"
+      sdpo_require_positive VLLM_TP
+      if ((WORLD_SIZE % VLLM_TP)); then sdpo_usage_error "WORLD_SIZE=$WORLD_SIZE is not a multiple of VLLM_TP=$VLLM_TP"; fi
+      VLLM_ARGS=(--use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization "$VLLM_GPU_MEMORY_UTILIZATION"
+        --vllm_tensor_parallel_size "$VLLM_TP")
+      ;;
+    server)
+      if [[ -z "${VLLM_SERVER_URL:-}" ]]; then
+        sdpo_usage_error "USE_VLLM=server needs VLLM_SERVER_URL, printed by scripts/serve_policy_vllm.sh"
+      fi
+      VLLM_ARGS=(--use_vllm true --vllm_mode server --vllm_server_base_url "$VLLM_SERVER_URL")
+      ;;
+    *) sdpo_usage_error "USE_VLLM must be colocate or server (or unset: transformers generates), got $(printf '%q' "$USE_VLLM")" ;;
+  esac
 }
 
 # With WANDB_API_KEY the run reports to wandb online; without it wandb runs offline (unless WANDB_MODE says
@@ -153,6 +275,10 @@ sdpo_schedule() {
 # PREPARE_SCRIPT (makes the JSONL files), RECIPE, ENTRY (train.py or train_offline.py), SHOWN_MODE_VARS (its own
 # variables, printed) and MODE_ARGS (its own flags), then calls this.
 sdpo_train() {
+  if ((${NUM_MACHINES:-1} > 1)) && [[ -z "${RUN_ID:-}" && -z "${OUTPUT_DIR:-}" ]]; then
+    sdpo_usage_error "NUM_MACHINES=$NUM_MACHINES: set RUN_ID (or OUTPUT_DIR) to the same value on every machine," \
+      "so that all of them write one run (the default RUN_ID holds each machine's own start time)"
+  fi
   : "${RUN_ID:=${EXPERIMENT}-${RUN_TAG}-$(date +%Y%m%d-%H%M%S)}"
   : "${WANDB_NAME:=$RUN_ID}"
   if [[ -z "${OUTPUT_DIR:-}" ]]; then
@@ -166,9 +292,10 @@ sdpo_train() {
 
   : "${SAVE_STEPS:=$(sdpo_recipe_save_steps)}"
   echo "settings:"
-  sdpo_show MODEL_NAME_OR_PATH "${SHOWN_MODE_VARS[@]}" LR BS GA WORLD_SIZE ACCELERATE_CONFIG TRAIN_JSONL VAL_JSONL \
-    TRAIN_N EVAL_N SEED MAX_PROMPT_TOKENS RECIPE SAVE_STEPS RUN_ID OUTPUT_DIR RESUME_FROM_CHECKPOINT WANDB_PROJECT \
-    WANDB_NAME
+  sdpo_launcher
+  sdpo_show MODEL_NAME_OR_PATH "${SHOWN_MODE_VARS[@]}" LR BS GA WORLD_SIZE ACCELERATE_CONFIG NUM_MACHINES \
+    MACHINE_RANK MAIN_PROCESS_IP MAIN_PROCESS_PORT TRAIN_JSONL VAL_JSONL TRAIN_N EVAL_N SEED MAX_PROMPT_TOKENS RECIPE \
+    SAVE_STEPS RUN_ID OUTPUT_DIR RESUME_FROM_CHECKPOINT WANDB_PROJECT WANDB_NAME
   sdpo_schedule
   echo "credentials:"
   sdpo_show_secrets ANTHROPIC_API_KEY USER_API_KEY WANDB_API_KEY HF_TOKEN
@@ -178,7 +305,6 @@ sdpo_train() {
   if [[ -n "${VAL_JSONL:-}" ]]; then sdpo_require_file VAL_JSONL "$hint"; fi
   sdpo_require_file RECIPE "a YAML file of GRPOConfig fields, see recipes/"
   if [[ -n "${PERSONA_FILE:-}" ]]; then sdpo_require_file PERSONA_FILE "a YAML or JSON file of style -> persona"; fi
-  sdpo_launcher
   sdpo_wandb
 
   local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/$ENTRY" --config "$RECIPE" --train_jsonl "$TRAIN_JSONL")
@@ -209,8 +335,10 @@ sdpo_api_user() {
 sdpo_online_mode() {
   ENTRY=train.py
   RUN_TAG=$STYLE
-  SHOWN_MODE_VARS=("${SHOWN_SIMULATOR_VARS[@]}" STYLE PERSONA_FILE SYSTEM_PROMPT)
-  MODE_ARGS=(--system_prompt "$SYSTEM_PROMPT" "${SIMULATOR_ARGS[@]}" --style "$STYLE")
+  sdpo_vllm
+  SHOWN_MODE_VARS=("${SHOWN_SIMULATOR_VARS[@]}" STYLE PERSONA_FILE SYSTEM_PROMPT USE_VLLM)
+  if [[ -n "${USE_VLLM:-}" ]]; then SHOWN_MODE_VARS+=(VLLM_GPU_MEMORY_UTILIZATION VLLM_TP VLLM_SERVER_URL); fi
+  MODE_ARGS=(--system_prompt "$SYSTEM_PROMPT" "${SIMULATOR_ARGS[@]}" --style "$STYLE" "${VLLM_ARGS[@]}")
   if [[ -n "${PERSONA_FILE:-}" ]]; then MODE_ARGS+=(--persona_file "$PERSONA_FILE"); fi
 }
 

@@ -42,14 +42,8 @@ USAGE
 
 sdpo_parse_args "$@"
 
-IFS=, read -r -a gpu_list <<<"$USER_GPUS"
-for name in USER_TP PORT HEALTH_TIMEOUT; do
-  [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "$name must be a positive integer, got $(printf '%q' "${!name}")"
-done
-if ((${#gpu_list[@]} == 0 || ${#gpu_list[@]} % USER_TP)); then
-  sdpo_usage_error "USER_GPUS=$USER_GPUS holds ${#gpu_list[@]} GPUs, not a multiple of USER_TP=$USER_TP"
-fi
-replicas=$((${#gpu_list[@]} / USER_TP))
+sdpo_require_positive USER_TP PORT HEALTH_TIMEOUT
+sdpo_replicas USER_GPUS USER_TP
 
 echo "settings:"
 sdpo_show USER_MODEL_NAME_OR_PATH USER_API_MODEL USER_GPUS USER_TP HOST PORT USER_MAX_MODEL_LEN \
@@ -73,25 +67,5 @@ cmd=("$VLLM" serve "$USER_MODEL_NAME_OR_PATH" --served-model-name "$USER_API_MOD
   --gpu-memory-utilization "$USER_GPU_MEMORY_UTILIZATION" "${PASSTHROUGH[@]}")
 sdpo_print_command "${cmd[@]}"
 
-"${cmd[@]}" &
-server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' INT TERM EXIT
-
-health="http://127.0.0.1:$PORT/health"
-deadline=$((SECONDS + HEALTH_TIMEOUT))
-until "${PYTHON:-python}" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
-  "$health" 2>/dev/null; do
-  if ! kill -0 "$server" 2>/dev/null; then
-    wait "$server" && status=0 || status=$?
-    trap - EXIT
-    sdpo_die "the server exited (status $status) before it answered $health; its output is above"
-  fi
-  if ((SECONDS >= deadline)); then sdpo_die "no answer from $health after HEALTH_TIMEOUT=$HEALTH_TIMEOUT s"; fi
-  sleep 2
-done
-
-address=$HOST
-if [[ "$HOST" == "0.0.0.0" ]]; then address=$(hostname -f 2>/dev/null || hostname); fi
-echo "user simulator ready; train with:"
-printf '  USER_API_BASE=%q USER_API_MODEL=%q\n' "http://$address:$PORT/v1" "$USER_API_MODEL"
-wait "$server"
+sdpo_serve_until_stopped "http://127.0.0.1:$PORT/health" "user simulator" \
+  USER_API_BASE "http://$(sdpo_reachable_host "$HOST"):$PORT/v1" USER_API_MODEL "$USER_API_MODEL"

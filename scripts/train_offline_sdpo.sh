@@ -12,8 +12,9 @@ Offline SDPO on conversations (JSONL of {"messages": [...]}): every assistant tu
 Variables (default):
   MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
   LR, BS, GA               learning rate, per-device batch size, gradient accumulation (2e-6, 4, 8)
-  WORLD_SIZE               number of GPUs (4); 1 runs plain python, more run accelerate launch
-  ACCELERATE_CONFIG        accelerate config file used instead of --num_processes (unset)
+USAGE
+  sdpo_launch_usage
+  cat <<'USAGE'
   TRAIN_JSONL, VAL_JSONL   conversation files (./data/wildchat_conversations/train.jsonl; VAL_JSONL unset)
   TRAIN_N, EVAL_N          samples used for training and validation (unset: all)
   SEED                     seed of the subset and of training (42)
@@ -54,4 +55,5 @@ SHOWN_MODE_VARS=()
 MODE_ARGS=()
 
 sdpo_parse_args "$@"
+if [[ -n "${USE_VLLM:-}" ]]; then sdpo_usage_error "USE_VLLM: offline SDPO generates nothing (the answers are logged)"; fi
 sdpo_train

@@ -14,8 +14,10 @@ Variables (default):
   STYLE                    simulated user's style (concise_casual_beginner); the personas are in personas.yaml
   PERSONA_FILE             YAML or JSON file of style -> persona adding to or overriding personas.yaml (unset)
   LR, BS, GA               learning rate, per-device batch size, gradient accumulation (5e-6, 4, 1)
-  WORLD_SIZE               number of GPUs (4); 1 runs plain python, more run accelerate launch
-  ACCELERATE_CONFIG        accelerate config file used instead of --num_processes (unset)
+USAGE
+  sdpo_launch_usage
+  sdpo_vllm_usage
+  cat <<'USAGE'
   TRAIN_JSONL, VAL_JSONL   prompt files (./data/helpsteer2_prompts/{train,validation}.jsonl)
   TRAIN_N, EVAL_N          prompts used for training (512) and validation (unset: all)
   SEED                     seed of the prompt subset and of training (42)

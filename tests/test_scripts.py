@@ -28,7 +28,9 @@ SCRIPT_VARS = [
     "RUN_ID", "OUTPUT_DIR", "SCRATCH", "RESUME_FROM_CHECKPOINT", "WANDB_PROJECT", "WANDB_NAME", "WANDB_MODE",
     "WANDB_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "CLAUDE_MODEL", "PYTHON", "OUT_DIR", "DATA_SOURCE",
     "USER_API_BASE", "USER_API_MODEL", "USER_API_KEY", "USER_GPUS", "USER_TP", "HOST", "PORT", "USER_MAX_MODEL_LEN",
-    "USER_GPU_MEMORY_UTILIZATION", "HEALTH_TIMEOUT", "VLLM", "CUDA_VISIBLE_DEVICES",
+    "USER_GPU_MEMORY_UTILIZATION", "HEALTH_TIMEOUT", "VLLM", "CUDA_VISIBLE_DEVICES", "NUM_MACHINES", "MACHINE_RANK",
+    "MAIN_PROCESS_IP", "MAIN_PROCESS_PORT", "USE_VLLM", "VLLM_TP", "VLLM_GPU_MEMORY_UTILIZATION", "VLLM_SERVER_URL",
+    "VLLM_GPUS", "VLLM_MAX_MODEL_LEN", "TRL",
 ]
 TRAINING = {
     "tldr": dict(script="train_online_sdpo_tldr.sh", recipe="recipes/tldr.yaml", runs="sdpo-tldr-runs",
@@ -196,13 +198,12 @@ def test_world_size_one_runs_plain_python(experiment, tmp_path, data_files):
 
 
 @pytest.mark.parametrize("experiment", list(TRAINING))
-def test_accelerate_config_replaces_num_processes(experiment, tmp_path, data_files):
+def test_accelerate_config_is_passed_and_world_size_stays_the_process_count(experiment, tmp_path, data_files):
     script = TRAINING[experiment]["script"]
     config = str(REPO / "multigpu_accelerate_config.yaml")
     proc = run(script, "--dry-run", env={**data_files, "ACCELERATE_CONFIG": config}, cwd=tmp_path)
     argv = printed_command(proc.stdout)
-    assert argv[:5] == ["accelerate", "launch", "--config_file", config, TRAIN_PY]
-    assert "--num_processes" not in argv
+    assert argv[:7] == ["accelerate", "launch", "--config_file", config, "--num_processes", "4", TRAIN_PY]
     missing = str(tmp_path / "nope.yaml")
     proc = run(script, "--dry-run", env={**data_files, "ACCELERATE_CONFIG": missing}, cwd=tmp_path)
     assert proc.returncode == 0 and f"ACCELERATE_CONFIG: no such file: {missing}" in proc.stderr
