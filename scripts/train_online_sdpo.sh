@@ -8,7 +8,8 @@ usage() {
   cat <<'USAGE'
 usage: [VAR=value ...] scripts/train_online_sdpo.sh [--dry-run] [-- extra train.py arguments]
 
-Online SDPO on HelpSteer2 prompts with Claude Haiku as the simulated user (needs ANTHROPIC_API_KEY).
+Online SDPO on HelpSteer2 prompts with Claude Haiku as the simulated user (needs ANTHROPIC_API_KEY), or a user
+model on your own server (USER_API_BASE).
 Variables (default):
   MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
   STYLE                    simulated user's style (concise_casual_beginner); the personas are in personas.yaml

@@ -9,7 +9,8 @@ usage() {
   cat <<'USAGE'
 usage: [VAR=value ...] scripts/train_online_sdpo_tldr.sh [--dry-run] [-- extra train.py arguments]
 
-Online SDPO on TL;DR summarization with a local user simulator. Variables (default):
+Online SDPO on TL;DR summarization; the user model runs on every rank, or once as a server (USER_API_BASE).
+Variables (default):
   MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
   USER_MODEL_NAME_OR_PATH  user-simulator model, loaded on every rank (Qwen/Qwen3-8B)
   USER_API_BASE            URL of a shared OpenAI-compatible user server, e.g. http://simhost:8000/v1, used instead
