@@ -1,9 +1,11 @@
-"""How long one training step waits for the Claude user: serial calls (the research code's way) vs concurrent.
+"""How long one training step waits for an API user: serial calls (the research code's way) vs concurrent.
 
-64 requests go through the real `anthropic` SDK to the local Messages server of the tests, which holds every
-reply for 300 ms (about a Haiku reply's latency). The ideal wall time at concurrency c is ceil(64 / c) x 0.3 s.
+64 requests go through the real SDK (`anthropic` for Claude, `openai` for a served user) to the local server of the
+tests, which holds every reply for 300 ms (about a Haiku reply's latency). The ideal wall time at concurrency c is
+ceil(64 / c) x 0.3 s. Both users run on the same client layer, so both should show the same speed-up.
 
-    .venv/bin/python bench/bench_claude_concurrency.py [--requests 64] [--latency 0.3] [--concurrency 16]
+    .venv/bin/python bench/bench_api_user_concurrency.py [--wire claude|openai] [--requests 64] [--latency 0.3]
+        [--concurrency 16]
 """
 
 import argparse
@@ -17,12 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from messages_server import MessagesServer  # noqa: E402
-from api_user import ClaudeStyleUserSimulator  # noqa: E402
+from api_user import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator  # noqa: E402
 
 
-def timed_run(n: int, concurrency: int) -> tuple[float, dict]:
+def timed_run(wire: str, url: str, n: int, concurrency: int) -> tuple[float, dict]:
     """Wall seconds for one generate_feedback call of n samples, and the simulator's metrics for it."""
-    sim = ClaudeStyleUserSimulator("concise_casual_beginner", max_concurrency=concurrency, max_retries=0)
+    settings = dict(max_concurrency=concurrency, max_retries=0)
+    if wire == "claude":
+        sim = ClaudeStyleUserSimulator("concise_casual_beginner", **settings)
+    else:
+        sim = OpenAIStyleUserSimulator("concise_casual_beginner", base_url=f"{url}/v1", model="user", **settings)
     prompts = [f"Request ID:{i}" for i in range(n)]
     start = time.perf_counter()
     feedback = sim.generate_feedback(prompts, ["An answer."] * n)
@@ -34,6 +40,7 @@ def timed_run(n: int, concurrency: int) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wire", choices=("claude", "openai"), default="claude")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.3, help="seconds the server holds each reply")
     parser.add_argument("--concurrency", type=int, default=16, help="the concurrent setting to compare")
@@ -42,12 +49,13 @@ def main() -> None:
     os.environ.setdefault("ANTHROPIC_API_KEY", "sk-bench-not-a-real-key")
     with MessagesServer(latency=args.latency) as server:
         os.environ["ANTHROPIC_BASE_URL"] = server.url
-        print(f"{args.requests} requests, {args.latency * 1000:.0f} ms server latency, real anthropic SDK over HTTP")
+        sdk = "anthropic" if args.wire == "claude" else "openai"
+        print(f"{args.requests} requests, {args.latency * 1000:.0f} ms server latency, real {sdk} SDK over HTTP")
         print(f"{'max_concurrency':>16} {'wall s':>8} {'ideal s':>8} {'overhead':>9} {'in flight':>10}")
         results = {}
         for concurrency in (1, args.concurrency):
             server.reset()
-            seconds, metrics = timed_run(args.requests, concurrency)
+            seconds, metrics = timed_run(args.wire, server.url, args.requests, concurrency)
             ideal = math.ceil(args.requests / concurrency) * args.latency
             results[concurrency] = seconds
             print(
