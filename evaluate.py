@@ -210,11 +210,10 @@ def checkpoint_problems(path: Path) -> list[str]:
         return [f"{path}: no such checkpoint folder"]
     problems = []
     # An adapter checkpoint's config and weights are its base model's, found where adapter_config.json says.
-    if all((path / name).is_file() for name in ADAPTER_FILES):
-        pass
-    elif not (path / "config.json").is_file():
+    adapter = all((path / name).is_file() for name in ADAPTER_FILES)
+    if not adapter and not (path / "config.json").is_file():
         problems.append(f"{path}: no config.json (nor a LoRA adapter: {' and '.join(ADAPTER_FILES)})")
-    elif not any((path / name).is_file() for name in WEIGHT_FILES):
+    elif not adapter and not any((path / name).is_file() for name in WEIGHT_FILES):
         problems.append(f"{path}: no model weights (expected one of {', '.join(WEIGHT_FILES)})")
     if not (path / RUN_SETTINGS_NAME).is_file():
         problems.append(f"{path}: no {RUN_SETTINGS_NAME} (written by train.py with every checkpoint)")
