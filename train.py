@@ -127,7 +127,7 @@ class ScriptArguments(DataArguments):
             raise ValueError(f"--user_api_timeout must be > 0 seconds, got {self.user_api_timeout}")
 
     def _pick_user_backend(self) -> str:
-        """local (a model on every rank), api (one shared OpenAI-compatible server) or claude."""
+        """local (a model on every rank), api (one shared OpenAI-compatible server) or claude: a USER_BACKENDS key."""
         if self.user_api_base is None:
             if self.user_api_model is not None:
                 raise ValueError("--user_api_model names the model of a --user_api_base server; set --user_api_base")
@@ -150,18 +150,21 @@ class ScriptArguments(DataArguments):
 ARGUMENTS = (ScriptArguments, OnlineSDPOConfig, PolicyModelConfig)
 
 
-def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
-    if args.user_backend == "local":
-        return StyleUserSimulator(
-            args.user_model_name_or_path,
-            args.style,
-            persona=args.persona,
-            max_new_tokens=args.user_max_new_tokens,
-            sampling=Sampling(temperature=args.user_temperature, top_p=args.user_top_p, top_k=args.user_top_k),
-            batch_size=args.user_batch_size,
-            chat_template_kwargs=chat_template_kwargs,
-        )
-    client_settings = dict(
+def _local_user(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
+    return StyleUserSimulator(
+        args.user_model_name_or_path,
+        args.style,
+        persona=args.persona,
+        max_new_tokens=args.user_max_new_tokens,
+        sampling=Sampling(temperature=args.user_temperature, top_p=args.user_top_p, top_k=args.user_top_k),
+        batch_size=args.user_batch_size,
+        chat_template_kwargs=chat_template_kwargs,
+    )
+
+
+def _client_settings(args: ScriptArguments) -> dict:
+    """What both API users take from the --user_api_* flags."""
+    return dict(
         max_concurrency=args.user_api_max_concurrency,
         timeout=args.user_api_timeout,
         max_retries=args.user_api_max_retries,
@@ -169,24 +172,37 @@ def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> U
         cache_dir=args.user_api_cache_dir,
         persona=args.persona,
     )
-    if args.user_backend == "api":
-        return OpenAIStyleUserSimulator(
-            args.style,
-            base_url=args.user_api_base,
-            model=args.user_api_model,
-            max_tokens=args.user_max_new_tokens,
-            temperature=args.user_temperature,
-            top_p=args.user_top_p,
-            top_k=args.user_top_k,
-            **client_settings,
-        )
+
+
+def _served_user(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
+    return OpenAIStyleUserSimulator(
+        args.style,
+        base_url=args.user_api_base,
+        model=args.user_api_model,
+        max_tokens=args.user_max_new_tokens,
+        temperature=args.user_temperature,
+        top_p=args.user_top_p,
+        top_k=args.user_top_k,
+        **_client_settings(args),
+    )
+
+
+def _claude_user(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
     return ClaudeStyleUserSimulator(
         args.style,
         model=args.claude_model,
         max_tokens=args.user_max_new_tokens,
         temperature=args.user_temperature,
-        **client_settings,
+        **_client_settings(args),
     )
+
+
+# ScriptArguments.user_backend (from the flags) -> the builder of that user.
+USER_BACKENDS = {"local": _local_user, "api": _served_user, "claude": _claude_user}
+
+
+def build_user_simulator(args: ScriptArguments, chat_template_kwargs: dict) -> UserSimulator:
+    return USER_BACKENDS[args.user_backend](args, chat_template_kwargs)
 
 
 def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_args: PolicyModelConfig) -> None:

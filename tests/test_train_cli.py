@@ -135,6 +135,10 @@ def test_persona_file_and_the_authors_user_defaults(prompts_file, tmp_path):
     served, *_ = parse(common + ["--user_api_base", "http://simhost:8000/v1", "--user_api_model", "Qwen/Qwen3-8B"])
     assert (served.user_backend, served.user_max_new_tokens, served.user_temperature) == ("api", 128, 0.7)
     assert (served.user_top_p, served.user_top_k) == (0.95, 20)  # the local user's, moved to a server
+    user = train.build_user_simulator(served, {})
+    assert type(user).__name__ == "OpenAIStyleUserSimulator" and user.persona == served.persona
+    assert user.settings()["base_url"].rstrip("/") == "http://simhost:8000/v1" and user.model == "Qwen/Qwen3-8B"
+    assert user.sampling == {"temperature": 0.7, "top_p": 0.95, "top_k": 20} and user.max_tokens == 128
 
 
 def test_unknown_system_prompt_lists_the_choices(prompts_file, tmp_path, capsys):
