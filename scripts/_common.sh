@@ -121,7 +121,8 @@ sdpo_serve_until_stopped() {
   shift 2
   "${cmd[@]}" &
   server=$!
-  trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' INT TERM EXIT
+  # The script's own exit status survives stopping the server (a failed `wait` must not replace it).
+  trap 'status=$?; kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; exit "$status"' INT TERM EXIT
   until "${PYTHON:-python}" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
     "$health" 2>/dev/null; do
     if ! kill -0 "$server" 2>/dev/null; then

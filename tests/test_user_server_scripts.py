@@ -23,10 +23,11 @@ with open(os.environ["RECORD_TO"], "w") as f:
     json.dump({{"argv": argv, "env": {{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VLLM_API_KEY")}}}}, f)
 if os.environ.get("FAKE_VLLM_FAIL"):
     sys.exit(3)
+healthy = not os.environ.get("FAKE_VLLM_NEVER_HEALTHY")
 
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404)
+        self.send_response(200 if self.path == "/health" and healthy else 503)
         self.end_headers()
     def log_message(self, *args):
         pass
@@ -114,6 +115,18 @@ def test_serve_reports_a_server_that_dies_before_it_is_healthy(tmp_path, fake_vl
     env, _ = fake_vllm
     proc = run("serve_user_simulator.sh", env={**env, "PORT": free_port(), "FAKE_VLLM_FAIL": "1"}, cwd=tmp_path)
     assert proc.returncode == 1 and "the server exited (status 3)" in proc.stderr
+
+
+def test_serve_gives_up_on_a_server_that_never_gets_healthy_and_stops_it(tmp_path, fake_vllm):
+    env, _ = fake_vllm
+    port = free_port()
+    proc = run("serve_user_simulator.sh", env={**env, "PORT": port, "HOST": "127.0.0.1", "HEALTH_TIMEOUT": "3",
+                                               "FAKE_VLLM_NEVER_HEALTHY": "1"}, cwd=tmp_path)
+    assert proc.returncode == 1 and "no answer from http://127.0.0.1:" in proc.stderr and "HEALTH_TIMEOUT=3" in proc.stderr
+    import urllib.request
+
+    with pytest.raises(OSError):  # its server went with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
 
 
 @pytest.mark.parametrize("experiment", list(TRAINING))
