@@ -48,7 +48,8 @@ def test_served_user_replies_exactly_as_the_same_model_locally(server, model_dir
 
 
 def test_two_ranks_share_one_server_and_every_reply_stays_with_its_sample(server, tmp_path):
-    """train.py under torchrun, 2 processes x 2 samples, one step; no rank loads a user model."""
+    """train.py under torchrun, 2 processes x 2 samples, one step; no rank loads a user model. The policy trains a
+    LoRA adapter, so the same run also covers LoRA under two processes (gloo)."""
     prompts = write_prompts(tmp_path / "prompts.jsonl", REQUESTS[:4])
     out = tmp_path / "run"
     torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -60,10 +61,12 @@ def test_two_ranks_share_one_server_and_every_reply_stays_with_its_sample(server
         "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--max_steps", "1",
         "--logging_steps", "1", "--token_log_samples", "64", "--save_strategy", "no", "--report_to", "none",
         "--bf16", "false", "--gradient_checkpointing", "false", "--seed", "3", "--dataloader_num_workers", "0",
+        "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
     ]
     env = dict(subprocess_env(), USER_API_KEY=USER_KEY)
     log = tmp_path / "train.log"
     assert finish(start(command, log, env), log) == 0, log.read_text()[-4000:]
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     drop_weights(out)
 
     records = read_jsonl(out / TOKEN_LOG_NAME)
