@@ -54,7 +54,6 @@ class ApiUserSimulator(UserSimulator):
         self.max_tokens = max_tokens
         self.sampling = sampling  # the ChatRequest sampling fields this user sends
         self.max_failed_frac = max_failed_frac
-        self.cache_dir = None if client.cache is None else str(client.cache.directory)
         self._reset_metrics()
 
     @property
@@ -122,7 +121,7 @@ class ApiUserSimulator(UserSimulator):
             "timeout": self.client.timeout,
             "max_retries": self.client.max_retries,
             "max_failed_frac": self.max_failed_frac,
-            "cache_dir": self.cache_dir,
+            "cache_dir": None if self.client.cache is None else str(self.client.cache.directory),
         }
 
     def __repr__(self) -> str:

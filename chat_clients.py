@@ -110,6 +110,13 @@ class ChatResult:
         return self.error is None
 
 
+def reply_result(text: str, why_it_ended: str, **tokens: int) -> ChatResult:
+    """A reply the API delivered: one with no text is a failure (never feedback), whatever the wire format."""
+    if not text.strip():
+        return ChatResult(text="", error=f"empty reply ({why_it_ended})", **tokens)
+    return ChatResult(text=text, **tokens)
+
+
 class ResponseCache:
     """Replies on disk, one JSON file per request hash.
 
@@ -307,9 +314,7 @@ class ClaudeMessagesClient(ConcurrentChatClient):
         usage = message.usage
         tokens = {"input_tokens": usage.input_tokens or 0, "output_tokens": usage.output_tokens or 0}
         text = "".join(block.text for block in message.content if block.type == "text")
-        if not text.strip():
-            return ChatResult(text="", error=f"empty reply (stop_reason={message.stop_reason})", **tokens)
-        return ChatResult(text=text, **tokens)
+        return reply_result(text, f"stop_reason={message.stop_reason}", **tokens)
 
 
 # -- OpenAI-compatible chat completions (vLLM, SGLang, llama.cpp, TGI, transformers serve, hosted APIs) -------------
@@ -353,6 +358,12 @@ class _UnreadableRepliesAsServerErrors(httpx.HTTPTransport):
         return httpx.Response(502, headers={"content-type": "application/json"}, content=error, request=request)
 
 
+def check_api_base(url: str, name: str) -> None:
+    """An OpenAI-compatible endpoint must be an http(s) URL; `name` says where it came from in the error."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{name} must be an http(s) URL such as http://simhost:8000/v1, got {url!r}")
+
+
 def user_api_key() -> str:
     """The key of an OpenAI-compatible user server: USER_API_KEY, else OPENAI_API_KEY, else none (a local vLLM).
 
@@ -381,8 +392,7 @@ class OpenAIChatClient(ConcurrentChatClient):
         api_key: Optional[str] = None,
     ):
         super().__init__(max_concurrency, timeout, max_retries, cache_dir)
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"the user API base must be an http(s) URL such as http://host:8000/v1, got {base_url!r}")
+        check_api_base(base_url, "the user API base")
         http_client = httpx.Client(
             transport=_UnreadableRepliesAsServerErrors(),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
@@ -423,7 +433,4 @@ class OpenAIChatClient(ConcurrentChatClient):
         except openai.OpenAIError as err:  # status errors, timeouts, connection errors, error events in the stream
             return ChatResult(text="", error=f"{type(err).__name__}: {err}")
         tokens = {"input_tokens": usage.prompt_tokens or 0, "output_tokens": usage.completion_tokens or 0} if usage else {}
-        text = "".join(parts)
-        if not text.strip():
-            return ChatResult(text="", error=f"empty reply (finish_reason={finish_reason})", **tokens)
-        return ChatResult(text=text, **tokens)
+        return reply_result("".join(parts), f"finish_reason={finish_reason}", **tokens)

@@ -24,7 +24,7 @@ from run_files import resolve_checkpoint
 from sampling import Sampling
 from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from api_user import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator
-from chat_clients import DEFAULT_CLAUDE_MODEL
+from chat_clients import DEFAULT_CLAUDE_MODEL, check_api_base
 from cli_args import DataArguments, PolicyModelConfig, check_positive, policy_init, run_cli, train_and_save
 from user_simulator import StyleUserSimulator, UserSimulator
 
@@ -137,9 +137,7 @@ class ScriptArguments(DataArguments):
                 "Set either --user_model_name_or_path (a user model loaded on every rank) or --user_api_base (one "
                 "server all ranks share), not both"
             )
-        if not self.user_api_base.startswith(("http://", "https://")):
-            raise ValueError(f"--user_api_base must be an http(s) URL such as http://simhost:8000/v1, "
-                             f"got {self.user_api_base!r}")
+        check_api_base(self.user_api_base, "--user_api_base")
         if not self.user_api_model:
             raise ValueError("--user_api_base needs --user_api_model: the model name the server serves "
                              "(GET <user_api_base>/models lists it)")

@@ -62,15 +62,12 @@ def main() -> None:
             served = run_arm("served", ["--user_api_base", server.base_url, "--user_api_model", server.model,
                                         "--user_api_max_concurrency", str(args.batch)], args, tmp)
     local_s, served_s = mean(local[1:] or local), mean(served[1:] or served)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(args.model)
-    params = config.num_hidden_layers * 12 * config.hidden_size**2 + config.vocab_size * config.hidden_size
+    weights = sum(path.stat().st_size for path in Path(args.model).glob("*.safetensors"))
     print(f"2 processes x {args.batch} answers a step, user replies up to {args.reply} tokens, {args.steps} steps:")
     print(f"  per-rank local user:   {local_s:.2f} s of simulation a step  (per step: {[round(s, 2) for s in local]})")
     print(f"  one shared server:     {served_s:.2f} s of simulation a step  (per step: {[round(s, 2) for s in served]})")
     print(f"  ratio local / shared:  {local_s / served_s:.2f}")
-    print(f"  user model held per rank by the local arm: ~{params * 2 / 2**20:.0f} MiB in bf16 (none when served)")
+    print(f"  user model weights held per rank by the local arm: {weights / 2**20:.0f} MiB as stored (none when served)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from openai_server import free_port
 from test_scripts import REPO, SCRIPTS, SCRIPT_VARS, TRAINING, flags, printed_command, run
 
 FAKE_VLLM = f"""#!{sys.executable}
@@ -45,14 +46,6 @@ def fake_vllm(tmp_path):
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     record = tmp_path / "vllm.json"
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD_TO": str(record), "PYTHON": sys.executable}, record
-
-
-def free_port() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 def test_serve_dry_run_is_the_vllm_command_of_the_8_gpu_layout(tmp_path):
@@ -90,7 +83,7 @@ def test_serve_without_vllm_stops_with_the_install_line(tmp_path):
 
 def test_serve_waits_for_health_prints_the_url_and_stops_its_server(tmp_path, fake_vllm):
     env, record = fake_vllm
-    port = free_port()
+    port = str(free_port())
     env = {**{k: v for k, v in os.environ.items() if k not in SCRIPT_VARS}, **env, "PORT": port, "HOST": "127.0.0.1",
            "USER_GPUS": "6,7", "USER_API_MODEL": "user", "USER_API_KEY": "sk-MARKER-2"}
     proc = subprocess.Popen(["bash", str(SCRIPTS / "serve_user_simulator.sh")], env=env, cwd=tmp_path,
@@ -113,13 +106,13 @@ def test_serve_waits_for_health_prints_the_url_and_stops_its_server(tmp_path, fa
 
 def test_serve_reports_a_server_that_dies_before_it_is_healthy(tmp_path, fake_vllm):
     env, _ = fake_vllm
-    proc = run("serve_user_simulator.sh", env={**env, "PORT": free_port(), "FAKE_VLLM_FAIL": "1"}, cwd=tmp_path)
+    proc = run("serve_user_simulator.sh", env={**env, "PORT": str(free_port()), "FAKE_VLLM_FAIL": "1"}, cwd=tmp_path)
     assert proc.returncode == 1 and "the server exited (status 3)" in proc.stderr
 
 
 def test_serve_gives_up_on_a_server_that_never_gets_healthy_and_stops_it(tmp_path, fake_vllm):
     env, _ = fake_vllm
-    port = free_port()
+    port = str(free_port())
     proc = run("serve_user_simulator.sh", env={**env, "PORT": port, "HOST": "127.0.0.1", "HEALTH_TIMEOUT": "3",
                                                "FAKE_VLLM_NEVER_HEALTHY": "1"}, cwd=tmp_path)
     assert proc.returncode == 1 and "no answer from http://127.0.0.1:" in proc.stderr and "HEALTH_TIMEOUT=3" in proc.stderr
