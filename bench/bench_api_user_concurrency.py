@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from messages_server import MessagesServer  # noqa: E402
-from api_user import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator  # noqa: E402
+from sdpo_interactions.testing.messages_server import MessagesServer  # noqa: E402
+from sdpo_interactions.users.api import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator  # noqa: E402
 
 
 def timed_run(wire: str, url: str, n: int, concurrency: int) -> tuple[float, dict]:

@@ -29,16 +29,15 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from prompts import SYSTEM_PROMPTS, load_prompt_dataset  # noqa: E402
-from sampling import Sampling, generate_exactly  # noqa: E402
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer, derangement  # noqa: E402
-from user_simulator import UserSimulator  # noqa: E402
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, load_prompt_dataset  # noqa: E402
+from sdpo_interactions.sampling import Sampling, generate_exactly  # noqa: E402
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer, derangement  # noqa: E402
+from sdpo_interactions.users.base import UserSimulator  # noqa: E402
 
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.M)
 _EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF]")

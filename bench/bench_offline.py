@@ -17,16 +17,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from conversations import load_conversation_dataset  # noqa: E402
-from offline_trainer import OfflineSDPOConfig, OfflineSDPOTrainer  # noqa: E402
-from prompts import SYSTEM_PROMPTS, prompt_messages  # noqa: E402
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
-from user_simulator import UserSimulator  # noqa: E402
+from sdpo_interactions.conversations import load_conversation_dataset  # noqa: E402
+from sdpo_interactions.core.offline import OfflineSDPOConfig, OfflineSDPOTrainer  # noqa: E402
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages  # noqa: E402
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
+from sdpo_interactions.users.base import UserSimulator  # noqa: E402
 
 
 class LengthUser(UserSimulator):

@@ -14,8 +14,8 @@ import tempfile
 from transformers import AutoTokenizer
 
 from bench_offline import REPO, LengthUser, settings, timed
-from prompts import SYSTEM_PROMPTS, load_prompt_dataset
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, load_prompt_dataset
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 
 
 def main() -> None:

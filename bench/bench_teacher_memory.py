@@ -20,9 +20,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
 
 QWEN3_VOCAB = 151_936
 MIB = 2**20

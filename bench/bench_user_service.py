@@ -20,10 +20,9 @@ from pathlib import Path
 from statistics import mean
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from openai_server import TransformersServer  # noqa: E402
-from sdpo_entry import REQUESTS, finish, start, subprocess_env, write_prompts  # noqa: E402
+from sdpo_interactions.testing.openai_server import TransformersServer  # noqa: E402
+from sdpo_interactions.testing.runs import REQUESTS, finish, start, subprocess_env, write_prompts  # noqa: E402
 
 
 def run_arm(name: str, user_flags: list[str], args, tmp: Path) -> list[float]:

@@ -25,15 +25,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
-from prompts import SYSTEM_PROMPTS, prompt_messages  # noqa: E402
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
-from user_simulator import UserSimulator  # noqa: E402
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages  # noqa: E402
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
+from sdpo_interactions.users.base import UserSimulator  # noqa: E402
 
 # Qwen3-1.7B's and Qwen3-4B's shapes (the vocabulary is the tokenizer's).
 SIZES = {
@@ -176,8 +175,8 @@ def run(args) -> dict:
 
 def offline_check(policy: Path, output_dir: str, args) -> tuple[str, bool, str]:
     """Two offline steps on the shipped conversations: logged answers, no generation, bf16."""
-    from conversations import load_conversation_dataset
-    from offline_trainer import OfflineSDPOConfig, OfflineSDPOTrainer
+    from sdpo_interactions.conversations import load_conversation_dataset
+    from sdpo_interactions.core.offline import OfflineSDPOConfig, OfflineSDPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(policy)
     data, _ = load_conversation_dataset(str(Path(__file__).resolve().parents[1] / "data/sample/conversations.jsonl"),

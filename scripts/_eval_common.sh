@@ -30,8 +30,8 @@ sdpo_eval() {
   sdpo_require_file DATA_PATH "make it with $PREPARE_SCRIPT"
   sdpo_launcher
 
-  # Without CKPTS, evaluate.py takes every complete checkpoint of the run, however many steps it had.
-  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/evaluate.py" --run_dir "${RUN_DIR:-}")
+  # Without CKPTS, evaluate_run.py takes every complete checkpoint of the run, however many steps it had.
+  local cmd=("${LAUNCHER[@]}" "$SDPO_ROOT/evaluate_run.py" --run_dir "${RUN_DIR:-}")
   if ((${#steps[@]})); then cmd+=(--ckpts "${steps[@]}"); fi
   cmd+=(--data_path "$DATA_PATH" --eval_n "$EVAL_N" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --baseline "$BASELINE"
     --judge "$JUDGE" --judge_model "$JUDGE_MODEL")

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_eval_common.sh"
 
 usage() {
   cat <<'USAGE'
-usage: [VAR=value ...] scripts/eval_checkpoints_tldr.sh [--dry-run] [-- extra evaluate.py arguments]
+usage: [VAR=value ...] scripts/eval_checkpoints_tldr.sh [--dry-run] [-- extra evaluate_run.py arguments]
 
 Win rate of a TL;DR run's checkpoints against the base model, judged by a local model as the run's user.
 Writes win_rates.md/.csv, win_rate.png and judgments.jsonl to OUTPUT_DIR; a re-run resumes.

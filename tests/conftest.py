@@ -1,11 +1,9 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 
 # Two cores: keep torch from oversubscribing them, and never reach for a hub or an experiment tracker.

@@ -28,34 +28,13 @@ from transformers import TrainerCallback
 from trl import TrlParser
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script, the repository's modules are not on the path
 
-import train  # noqa: E402
-from sdpo_trainer import OnlineSDPOTrainer  # noqa: E402
-from user_simulator import UserSimulator  # noqa: E402
+import sdpo_interactions.cli.train as train  # noqa: E402
+from sdpo_interactions.core.trainer import OnlineSDPOTrainer  # noqa: E402
+from sdpo_interactions.users.base import UserSimulator  # noqa: E402
+from sdpo_interactions.testing.runs import finish, naming_feedback, start  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
-REQUESTS = [
-    "My landlord wants to raise the rent by 30 percent next month. Is that even legal?",
-    "I ran my first marathon yesterday and my legs feel like wood. How do I recover?",
-    "My cat knocks every glass off the table at 3am. How can I make her stop?",
-    "Our team lead takes credit for my work in every meeting. Should I talk to HR?",
-    "My sourdough starter smells like nail polish remover. Did I kill it?",
-    "I keep forgetting my friends' birthdays. Any simple trick that works?",
-]
-SILENT_WORD = "sourdough"  # the user says nothing to this request: its sample must carry has_feedback=False
-SECRETS = {
-    "ANTHROPIC_API_KEY": "sk-ant-api03-MARKER-7d1f0c2b9e",
-    "WANDB_API_KEY": "wandb-MARKER-4c8e1a6f3d",
-    "HF_TOKEN": "hf_MARKERq9w8e7r6t5y4",
-}
-
-
-def naming_feedback(request: str) -> str:
-    """The deterministic user's reply: it names the request it answers, so a misplaced reply is visible."""
-    return "" if SILENT_WORD in request else f"About <<{request[:40]}>>: shorter, please."
-
-
 @dataclass
 class RecordArguments:
     record_dir: str = field(metadata={"help": "Folder for the per-rank JSONL records."})
@@ -166,11 +145,6 @@ def main() -> None:
 # -- used by the tests that launch this script ------------------------------------------------------------------
 
 
-def write_prompts(path: Path, requests=REQUESTS) -> Path:
-    path.write_text("".join(json.dumps({"prompt": r}) + "\n" for r in requests), encoding="utf-8")
-    return path
-
-
 def common_flags(prompts: Path, output_dir: Path, record_dir: Path) -> list[str]:
     """A run small enough for two shared CPU cores: 8 new tokens, no checkpoint unless a test asks for one."""
     return [
@@ -182,38 +156,13 @@ def common_flags(prompts: Path, output_dir: Path, record_dir: Path) -> list[str]
     ]
 
 
-def subprocess_env() -> dict[str, str]:
-    """One thread per process (two processes share two cores), offline, and the secrets a real run would hold."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               WANDB_MODE="disabled", **SECRETS)
-    env.pop("ANTHROPIC_BASE_URL", None)
-    return env
-
-
-def start(command: list[str], log_path: Path, env: Optional[dict] = None) -> subprocess.Popen:
-    """Run a command from the repository root in its own session (so a hung one dies whole), output to log_path."""
-    with open(log_path, "w") as log:
-        return subprocess.Popen(command, cwd=ROOT, env=env or subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
 def launch(flags: list[str], log_path: Path, nproc: int = 1) -> subprocess.Popen:
     """Start this script, under torchrun for nproc > 1."""
     script = str(Path(__file__).resolve())
     if nproc == 1:
-        return start([sys.executable, script, *flags], log_path)
+        return start([sys.executable, script, *flags], log_path, cwd=ROOT)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    return start([torchrun, "--standalone", f"--nproc_per_node={nproc}", script, *flags], log_path)
-
-
-def finish(process: subprocess.Popen, log_path: Path, timeout: float = 600) -> int:
-    """Wait for a launched run; a hung one is killed so the test fails instead of the suite hanging."""
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # its own session: torchrun's workers go too
-        process.wait()
-        raise AssertionError(f"run timed out; log:\n{log_path.read_text()[-4000:]}") from None
+    return start([torchrun, "--standalone", f"--nproc_per_node={nproc}", script, *flags], log_path, cwd=ROOT)
 
 
 def signal_when_ready(record_dir: Path, process: subprocess.Popen, log_path: Path, wait_rank: int = 0,
@@ -228,17 +177,6 @@ def signal_when_ready(record_dir: Path, process: subprocess.Popen, log_path: Pat
             finish(process, log_path, timeout=0)
         time.sleep(0.2)
     os.kill(int(ready.read_text()), signal.SIGTERM)
-
-
-def drop_weights(folder: Path) -> None:
-    """Delete the weights, optimizer states and checkpoints the runs wrote (gigabytes each); keep logs and records."""
-    for path in Path(folder).rglob("*"):
-        if path.is_file() and path.suffix in {".safetensors", ".pt", ".pth", ".bin"}:
-            path.unlink()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from messages_server import MessagesServer, echo_reply, request_tag, request_text
-from personas import STYLE_PERSONAS
-from api_user import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator
-from chat_clients import ChatRequest, ClaudeMessagesClient, ResponseCache, estimate_cost_usd, unreadable_body_problem
-from user_simulator import user_system_prompt
+from sdpo_interactions.testing.messages_server import MessagesServer, echo_reply, request_tag, request_text
+from sdpo_interactions.personas import STYLE_PERSONAS
+from sdpo_interactions.users.api import ClaudeStyleUserSimulator, OpenAIStyleUserSimulator
+from sdpo_interactions.chat_clients import ChatRequest, ClaudeMessagesClient, ResponseCache, estimate_cost_usd, unreadable_body_problem
+from sdpo_interactions.users.base import user_system_prompt
 
 STYLE = "concise_casual_beginner"
 KEY = "sk-ant-test-SECRET-MARKER-7f3a"
@@ -288,7 +288,7 @@ def test_failed_cache_write_keeps_the_reply_and_leaves_no_entry(wire, server, tm
     def disk_full(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("run_files.os.replace", disk_full)
+    monkeypatch.setattr("sdpo_interactions.run_files.os.replace", disk_full)
     with caplog.at_level(logging.WARNING, logger="chat_clients"):
         assert make_sim(wire, cache_dir=tmp_path).generate_feedback(prompts(1), ["a"]) == expected(1)
     monkeypatch.undo()

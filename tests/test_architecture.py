@@ -1,5 +1,6 @@
-"""The module boundaries ARCHITECTURE.md promises: library code never imports an entry point, the trainer runs
-without the API SDK, and no library function grows past the project's ceiling."""
+"""The boundaries docs/architecture.md promises: the library never imports its command lines, data preparation and
+the API clients load without the model stack, the package installs and imports from anywhere, and no function or
+class grows past the project's ceilings."""
 
 import ast
 import subprocess
@@ -9,47 +10,81 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = {"train", "train_offline", "evaluate", "visualize_signal", "prepare_data"}
-LIBRARY = ["run_files", "personas", "prompts", "conversations", "cli_args", "sampling", "user_simulator",
-           "chat_clients", "api_user", "sdpo_trainer", "offline_trainer", "generation", "judging", "eval_report"]
+PACKAGE = REPO / "src" / "sdpo_interactions"
 MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 300
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+LIBRARY = [p for p in MODULES if "cli" not in p.relative_to(PACKAGE).parts]
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, absolute, including imports inside functions."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
 
 
-@pytest.mark.parametrize("module", LIBRARY)
-def test_library_modules_never_import_an_entry_point(module):
-    assert imported_modules(REPO / f"{module}.py") & ENTRY_POINTS == set()
+@pytest.mark.parametrize("path", LIBRARY, ids=module_name)
+def test_the_library_never_imports_a_command_line(path):
+    assert {m for m in imported_modules(path) if m.startswith("sdpo_interactions.cli")} == set()
 
 
 def test_every_module_is_listed_in_the_architecture_page():
-    page = (REPO / "ARCHITECTURE.md").read_text()
-    for module in LIBRARY + sorted(ENTRY_POINTS):
-        assert f"`{module}.py`" in page, module
+    page = (REPO / "docs" / "architecture.md").read_text()
+    missing = [module_name(p) for p in MODULES if p.name != "__init__.py" and f"`{module_name(p)}`" not in page]
+    assert missing == []
 
 
-def test_the_trainer_and_a_local_user_load_without_the_api_sdk():
-    code = "import sys, sdpo_trainer, offline_trainer, user_simulator; print('anthropic' in sys.modules or 'chat_clients' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+def imports_in_fresh_process(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+                         cwd=REPO / "tests", capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("module", LIBRARY + sorted(ENTRY_POINTS))
-def test_no_function_is_longer_than_the_ceiling(module):
-    tree = ast.parse((REPO / f"{module}.py").read_text())
-    long = [
-        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
-    ]
-    assert long == []
+def test_data_preparation_and_run_files_load_without_torch():
+    loaded = imports_in_fresh_process("import sdpo_interactions.cli.prepare_data, sdpo_interactions.run_files, "
+                                      "sdpo_interactions.conversations, sdpo_interactions.personas")
+    assert "torch" not in loaded and "transformers" not in loaded
+
+
+def test_the_trainers_and_a_local_user_load_without_the_api_sdks():
+    loaded = imports_in_fresh_process("from sdpo_interactions import OnlineSDPOTrainer, OfflineSDPOTrainer, "
+                                      "StyleUserSimulator")
+    assert "anthropic" not in loaded and "sdpo_interactions.chat_clients" not in loaded
+
+
+def test_no_top_level_module_shadows_a_known_package():
+    shadowing = {"evaluate", "datasets", "trl", "transformers", "accelerate", "peft", "torch", "train_utils"}
+    assert {p.stem for p in REPO.glob("*.py")} & shadowing == set()
+
+
+def test_no_code_edits_sys_path():
+    offenders = [str(p.relative_to(REPO)) for folder in ("src", "tests", "bench", "scripts")
+                 for p in (REPO / folder).rglob("*.py") if "sys.path" in p.read_text() and p.name != Path(__file__).name]
+    assert offenders == []
+
+
+def long_definitions(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        limit = {ast.FunctionDef: MAX_FUNCTION_LINES, ast.AsyncFunctionDef: MAX_FUNCTION_LINES,
+                 ast.ClassDef: MAX_CLASS_LINES}.get(type(node))
+        if limit and node.end_lineno - node.lineno + 1 > limit:
+            found.append(f"{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES + sorted(REPO.glob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_function_or_class_is_longer_than_the_ceiling(path):
+    assert long_definitions(path) == []

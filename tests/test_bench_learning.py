@@ -1,15 +1,23 @@
 """The learning benchmark's plumbing on a couple of steps: its users, its control and its table. Whether anything is
 learned is what the benchmark measures, not what a test asserts."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import bench_learning  # noqa: E402
-from bench_learning import RULES, DerangedUser, RuleUser  # noqa: E402
+def load_bench(name: str):
+    """A benchmark script imported as a module, from its file (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_learning = load_bench("bench_learning")
+RULES, DerangedUser, RuleUser = bench_learning.RULES, bench_learning.DerangedUser, bench_learning.RuleUser
 
 
 @pytest.mark.parametrize(

@@ -11,21 +11,11 @@ import signal
 from collections import Counter
 
 import pytest
-from sdpo_entry import (
-    REQUESTS,
-    SILENT_WORD,
-    common_flags,
-    drop_weights,
-    finish,
-    launch,
-    naming_feedback,
-    read_jsonl,
-    signal_when_ready,
-    write_prompts,
-)
+from sdpo_entry import common_flags, launch, signal_when_ready
+from sdpo_interactions.testing.runs import REQUESTS, SILENT_WORD, drop_weights, finish, naming_feedback, read_jsonl, write_prompts
 
-from run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
-from sdpo_trainer import TOKEN_LOG_NAME
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
+from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
 
 STEPS = 2  # the two-process run is stopped by SIGTERM after this step
 SAMPLES_PER_STEP = 4

@@ -19,17 +19,17 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 from trl import TrlParser
 
-import evaluate
-import generation
-import judging
-from evaluate import EvalArguments, read_jsonl_by_key
-from judging import WinRate, judge_messages, outcome_for_policy, parse_verdict, resolve_pair, summarize
-from messages_server import SAMPLING_API_VERSION, MessagesServer
-from personas import STYLE_PERSONAS
-from prompts import SYSTEM_PROMPTS, prompt_messages
-from run_files import RUN_SETTINGS_NAME, append_jsonl
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from user_simulator import UserSimulator
+import sdpo_interactions.cli.evaluate as evaluate
+import sdpo_interactions.evaluation.generation as generation
+import sdpo_interactions.evaluation.judging as judging
+from sdpo_interactions.cli.evaluate import EvalArguments, read_jsonl_by_key
+from sdpo_interactions.evaluation.judging import WinRate, judge_messages, outcome_for_policy, parse_verdict, resolve_pair, summarize
+from sdpo_interactions.testing.messages_server import SAMPLING_API_VERSION, MessagesServer
+from sdpo_interactions.personas import STYLE_PERSONAS
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME, append_jsonl
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from sdpo_interactions.users.base import UserSimulator
 
 REPO = Path(__file__).resolve().parents[1]
 STYLE = "concise_casual_beginner"
@@ -535,7 +535,7 @@ def test_script_dry_run_defaults(script, judge, judge_model, data, max_prompt_to
     assert result.returncode == 0, result.stderr
     argv = printed_command(result.stdout)
     assert argv[:4] == ["accelerate", "launch", "--num_processes", "4"]
-    assert argv[4] == str(REPO / "evaluate.py")
+    assert argv[4] == str(REPO / "evaluate_run.py")
     assert "--ckpts" not in argv  # every complete checkpoint of the run
     flags = dict(zip(argv[5::1], argv[6::1]))
     assert flags["--run_dir"] == str(tmp_path) and flags["--data_path"] == str(REPO / data)
@@ -559,7 +559,7 @@ def test_script_dry_run_overrides_parse_with_evaluate(tmp_path, held_out):
     assert "MARKER" not in result.stdout + result.stderr
     assert "ANTHROPIC_API_KEY: set" in result.stdout
     argv = printed_command(result.stdout)
-    assert argv[:2] == ["python3", str(REPO / "evaluate.py")]
+    assert argv[:2] == ["python3", str(REPO / "evaluate_run.py")]
     (parsed,) = TrlParser((EvalArguments,)).parse_args_and_config(argv[2:])
     assert (parsed.run_dir, parsed.ckpts, parsed.data_path) == (str(run), [2, 4], str(held_out))
     assert (parsed.baseline, parsed.judge, parsed.judge_model) == ("base/model", "claude", "claude-x")

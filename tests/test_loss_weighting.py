@@ -8,9 +8,9 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 from trl.trainer.utils import split_tensor_dict
 
-from prompts import SYSTEM_PROMPTS, prompt_messages
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from user_simulator import UserSimulator
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from sdpo_interactions.users.base import UserSimulator
 
 REQUESTS = [
     "My landlord wants to raise the rent by 30 percent next month. Is that even legal?",

@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
-import train_offline
-from conversations import (
+import sdpo_interactions.cli.train_offline as train_offline
+from sdpo_interactions.conversations import (
     check_conversation,
     fit_prompt,
     interaction_samples,
@@ -22,9 +22,9 @@ from conversations import (
     read_conversations,
     token_limit_problem,
 )
-from offline_trainer import first_tokens_mask, signal_weighted_nll
-from run_files import RUN_SETTINGS_NAME
-from sdpo_trainer import TOKEN_LOG_NAME
+from sdpo_interactions.core.offline import first_tokens_mask, signal_weighted_nll
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME
+from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
 from test_trainer import reference_logps
 
 REPO = Path(__file__).resolve().parents[1]

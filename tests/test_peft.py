@@ -10,13 +10,13 @@ from safetensors.torch import load_file
 from test_offline import offline_flags
 from trl import TrlParser
 
-import evaluate
-import train
-import train_offline
-from evaluate import EvalArguments
-from generation import ChatModel
-from run_files import RUN_SETTINGS_NAME
-from user_simulator import UserSimulator
+import sdpo_interactions.cli.evaluate as evaluate
+import sdpo_interactions.cli.train as train
+import sdpo_interactions.cli.train_offline as train_offline
+from sdpo_interactions.cli.evaluate import EvalArguments
+from sdpo_interactions.evaluation.generation import ChatModel
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME
+from sdpo_interactions.users.base import UserSimulator
 
 LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0",
         "--lora_target_modules", "q_proj", "v_proj"]
@@ -51,7 +51,7 @@ def adapter_run(model_dir, tmp_path_factory):
 
 
 def test_flags_become_a_lora_config_and_keep_the_recipes_dtype(tmp_path):
-    from cli_args import policy_init
+    from sdpo_interactions.arguments import policy_init
 
     data = tmp_path / "p.jsonl"
     data.write_text('{"prompt": "hi"}\n')

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-import personas
-from personas import STYLE_ALIASES, STYLE_PERSONAS, load_persona_file, persona_catalogue, resolve_style
+import sdpo_interactions.personas as personas
+from sdpo_interactions.personas import STYLE_ALIASES, STYLE_PERSONAS, load_persona_file, persona_catalogue, resolve_style
 
 # Every persona name of the authors' research code (auxiliary/user_simulator.py).
 RESEARCH_STYLES = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-import prepare_data as pdata
+import sdpo_interactions.cli.prepare_data as pdata
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 

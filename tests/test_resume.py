@@ -18,25 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from messages_server import MessagesServer
+from sdpo_interactions.testing.messages_server import MessagesServer
 from safetensors.torch import load_file
-from sdpo_entry import (
-    MODEL_DIR,
-    ROOT,
-    SECRETS,
-    common_flags,
-    drop_weights,
-    finish,
-    launch,
-    read_jsonl,
-    signal_when_ready,
-    start,
-    subprocess_env,
-    write_prompts,
-)
+from sdpo_entry import MODEL_DIR, ROOT, common_flags, launch, signal_when_ready
+from sdpo_interactions.testing.runs import SECRETS, drop_weights, finish, read_jsonl, start, subprocess_env, write_prompts
 
-from run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
-from sdpo_trainer import TOKEN_LOG_NAME
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
+from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
 
 MAX_STEPS = 5
 STOP_AFTER = 4  # the signal arrives during this step; the run ends after it with a checkpoint

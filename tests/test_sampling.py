@@ -11,11 +11,11 @@ from datasets import Dataset
 from transformers import AutoTokenizer, GenerationConfig
 from transformers.generation.utils import GenerationMixin
 
-from generation import ChatModel
-from prompts import SYSTEM_PROMPTS, prompt_messages
-from sampling import Sampling
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from user_simulator import StyleUserSimulator, UserSimulator
+from sdpo_interactions.evaluation.generation import ChatModel
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
+from sdpo_interactions.sampling import Sampling
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from sdpo_interactions.users.base import StyleUserSimulator, UserSimulator
 
 QWEN3_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
 CHAT = [{"role": "user", "content": "Name a colour."}]

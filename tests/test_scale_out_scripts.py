@@ -7,7 +7,7 @@ import yaml
 from test_scripts import REPO, TRAIN_PY, TRAINING, flags, printed_command, run
 from trl import TrlParser
 
-import train
+import sdpo_interactions.cli.train as train
 
 CONFIGS = {"ddp": ("multigpu_accelerate_config.yaml", "MULTI_GPU"),
            "zero2": ("deepspeed_zero2_accelerate_config.yaml", "DEEPSPEED"),

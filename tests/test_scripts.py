@@ -368,7 +368,7 @@ def test_printed_command_parses_with_train_py(experiment, tmp_path):
     --use_cpu only lets bf16 pass the GPU check on this machine)."""
     from trl import TrlParser
 
-    import train
+    import sdpo_interactions.cli.train as train
 
     env = {"TRAIN_JSONL": str(REPO / "data/sample/train.jsonl"), "VAL_JSONL": str(REPO / "data/sample/validation.jsonl"),
            "WORLD_SIZE": "1", "EVAL_N": "4", "RUN_ID": "parse-check", "OUTPUT_DIR": str(tmp_path / "out"),
@@ -420,7 +420,7 @@ def test_offline_dry_run_has_the_authors_settings_and_parses_with_train_offline(
     train_offline.py's own parser accepts every flag it passes, with the recipe underneath."""
     from trl import TrlParser
 
-    import train_offline
+    import sdpo_interactions.cli.train_offline as train_offline
 
     env = {"TRAIN_JSONL": str(REPO / "data/sample/conversations.jsonl"), "OUTPUT_DIR": str(tmp_path / "out")}
     proc = run("train_offline_sdpo.sh", "--dry-run", env=env)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from prompts import last_user_text
-from sdpo_trainer import (
+from sdpo_interactions.prompts import last_user_text
+from sdpo_interactions.core.trainer import (
     DEFAULT_HINDSIGHT_TEMPLATE,
     OnlineSDPOConfig,
     aggregate_loss,

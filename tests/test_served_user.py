@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from openai_server import TransformersServer
-from sdpo_entry import REQUESTS, SECRETS, drop_weights, finish, read_jsonl, start, subprocess_env, write_prompts
+from sdpo_interactions.testing.openai_server import TransformersServer
+from sdpo_interactions.testing.runs import REQUESTS, SECRETS, drop_weights, finish, read_jsonl, start, subprocess_env, write_prompts
 
-from api_user import OpenAIStyleUserSimulator
-from run_files import RUN_SETTINGS_NAME
-from sampling import Sampling
-from sdpo_trainer import TOKEN_LOG_NAME
-from user_simulator import StyleUserSimulator
+from sdpo_interactions.users.api import OpenAIStyleUserSimulator
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME
+from sdpo_interactions.sampling import Sampling
+from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
+from sdpo_interactions.users.base import StyleUserSimulator
 
 STYLE = "concise_casual_beginner"
 GREEDY = {"temperature": 0.0, "top_k": 0, "max_tokens": 12}

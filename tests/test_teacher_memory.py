@@ -9,8 +9,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from sdpo_trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from prompts import prompt_messages
+from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+from sdpo_interactions.prompts import prompt_messages
 
 CHUNK = 1  # per_device_train_batch_size: TRL's chunk for its own log-prob passes
 GENERATION_BATCH = 4  # steps_per_generation=4: four chunks' worth of samples are scored at generation time

@@ -5,9 +5,9 @@ import json
 import pytest
 from trl import TrlParser
 
-import train
-from prompts import load_prompt_dataset, prompt_messages, prompt_token_limit
-from run_files import resolve_checkpoint
+import sdpo_interactions.cli.train as train
+from sdpo_interactions.prompts import load_prompt_dataset, prompt_messages, prompt_token_limit
+from sdpo_interactions.run_files import resolve_checkpoint
 
 
 def write_jsonl(path, rows):

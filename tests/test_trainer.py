@@ -11,10 +11,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prompts import SYSTEM_PROMPTS, prompt_messages
-from run_files import RUN_SETTINGS_NAME
-from sdpo_trainer import TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer, TokenLog, derangement
-from user_simulator import UserSimulator
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME
+from sdpo_interactions.core.trainer import TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer, TokenLog, derangement
+from sdpo_interactions.users.base import UserSimulator
 
 REQUESTS = [
     "My landlord wants to raise the rent by 30 percent next month. Is that even legal?",

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from openai_server import free_port
+from sdpo_interactions.testing.openai_server import free_port
 from test_scripts import REPO, SCRIPTS, SCRIPT_VARS, TRAINING, flags, printed_command, run
 
 FAKE_VLLM = f"""#!{sys.executable}

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from personas import STYLE_PERSONAS
-from sampling import Sampling
-from user_simulator import StyleUserSimulator, UserSimulator, user_messages
+from sdpo_interactions.personas import STYLE_PERSONAS
+from sdpo_interactions.sampling import Sampling
+from sdpo_interactions.users.base import StyleUserSimulator, UserSimulator, user_messages
 
 
 def test_unknown_style_fails_before_touching_the_model_path():

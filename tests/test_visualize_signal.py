@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-import visualize_signal as vs
+import sdpo_interactions.cli.visualize_signal as vs
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "smollm2-135m-instruct"

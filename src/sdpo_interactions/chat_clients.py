@@ -23,7 +23,7 @@ import anthropic
 import httpx
 import openai
 
-from run_files import write_atomic
+from sdpo_interactions.run_files import write_atomic
 
 logger = logging.getLogger(__name__)
 

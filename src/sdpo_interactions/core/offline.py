@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sdpo_trainer import ADVANTAGE_BASELINES, OnlineSDPOConfig, OnlineSDPOTrainer
+from sdpo_interactions.core.trainer import ADVANTAGE_BASELINES, OnlineSDPOConfig, OnlineSDPOTrainer
 
 
 def signal_weighted_nll(logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

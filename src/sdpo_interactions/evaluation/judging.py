@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from generation import ChatModel
-from sampling import Sampling
+from sdpo_interactions.evaluation.generation import ChatModel
+from sdpo_interactions.sampling import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class ClaudeJudge:
     """
 
     def __init__(self, args):
-        from chat_clients import ClaudeMessagesClient
+        from sdpo_interactions.chat_clients import ClaudeMessagesClient
 
         self.args = args
         self.client = ClaudeMessagesClient(
@@ -192,7 +192,7 @@ class ClaudeJudge:
         )
 
     def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
-        from chat_clients import ChatRequest
+        from sdpo_interactions.chat_clients import ChatRequest
 
         requests = [
             ChatRequest.from_chat(

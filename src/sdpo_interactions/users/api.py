@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Optional
 
-from chat_clients import (
+from sdpo_interactions.chat_clients import (
     DEFAULT_CLAUDE_MODEL,
     ChatRequest,
     ClaudeMessagesClient,
@@ -20,7 +20,7 @@ from chat_clients import (
     OpenAIChatClient,
     claude_price_per_mtok,
 )
-from user_simulator import UserSimulator, persona_for, user_messages
+from sdpo_interactions.users.base import UserSimulator, persona_for, user_messages
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import io
 import math
 from pathlib import Path
 
-from run_files import write_atomic
+from sdpo_interactions.run_files import write_atomic
 
 TABLE_NAME = "win_rates"
 PLOT_NAME = "win_rate.png"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from sampling import Sampling, generate_exactly
+from sdpo_interactions.sampling import Sampling, generate_exactly
 
 
 def stable_key(*parts) -> str:

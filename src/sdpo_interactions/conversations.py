@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Iterator, Optional
 
-from run_files import iter_jsonl
+from sdpo_interactions.run_files import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 

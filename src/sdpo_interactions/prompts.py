@@ -11,7 +11,7 @@ from typing import Optional
 
 import datasets
 
-from run_files import iter_jsonl
+from sdpo_interactions.run_files import iter_jsonl
 
 SYSTEM_PROMPTS = {
     # The authors' TL;DR prompt asks for 1-2 sentences, a "TL;DR:" opening and the summary only.

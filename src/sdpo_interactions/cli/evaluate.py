@@ -34,14 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from chat_clients import DEFAULT_CLAUDE_MODEL
-from eval_report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
-from generation import GenerationSettings, sharded_generate, stable_key
-from judging import JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE, ClaudeJudge, LocalJudge, WinRate, judge_pairs, summarize
-from personas import resolve_persona
-from prompts import SYSTEM_PROMPTS, last_user_text, load_prompt_dataset
-from run_files import RUN_SETTINGS_NAME, append_jsonl, complete_checkpoints, iter_jsonl, read_run_settings
-from sampling import Sampling
+from sdpo_interactions.chat_clients import DEFAULT_CLAUDE_MODEL
+from sdpo_interactions.evaluation.report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
+from sdpo_interactions.evaluation.generation import GenerationSettings, sharded_generate, stable_key
+from sdpo_interactions.evaluation.judging import JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE, ClaudeJudge, LocalJudge, WinRate, judge_pairs, summarize
+from sdpo_interactions.personas import resolve_persona
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, last_user_text, load_prompt_dataset
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME, append_jsonl, complete_checkpoints, iter_jsonl, read_run_settings
+from sdpo_interactions.sampling import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -493,9 +493,13 @@ def main(args: EvalArguments) -> None:
         print(f"Wrote {TABLE_NAME}.md, {TABLE_NAME}.csv, {PLOT_NAME} and {JUDGMENTS_NAME} in {args.output_dir}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
     from trl import TrlParser
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     (eval_args,) = TrlParser((EvalArguments,)).parse_args_and_config()
     main(eval_args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -6,10 +6,9 @@ scripts, so `--use_peft --lora_r 16 --lora_target_modules q_proj v_proj` means h
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Optional
+from typing import ClassVar, Optional
 
 from trl import ModelConfig, get_kbit_device_map, get_peft_config, get_quantization_config
 
@@ -81,27 +80,3 @@ def check_positive(args, *flags: str) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag} must be >= 1, got {value}")
-
-
-def train_and_save(trainer, resume: Optional[str]) -> None:
-    """Train, then save the model; a run stopped by a signal (its checkpoint saved) ends with the signal's code."""
-    trainer.train(resume_from_checkpoint=resume)
-    exit_code = trainer.save_final()
-    if exit_code is not None:
-        raise SystemExit(exit_code)
-
-
-def run_cli(main: Callable, *argument_classes) -> None:
-    """Parse the command line (and any `--config` recipe) into the dataclasses, then call `main` with them."""
-    from trl import TrlParser
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main(*TrlParser(argument_classes).parse_args_and_config())
-    finally:
-        # A process group left to the interpreter's exit can abort a process that has finished its work (seen as
-        # "terminate called without an active exception" under torchrun on the CPU), failing a complete run.
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
