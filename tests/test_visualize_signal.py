@@ -276,13 +276,36 @@ def test_log_mode_cli_writes_the_last_step(tmp_path, capsys):
     records = [make_record(step=1, prompt="first step"), make_record(step=3, prompt="last step A"),
                make_record(step=3, prompt="last step B", tokens=("x", "y"), signal=(0.1, -0.2))]
     log = write_log(tmp_path / "token_logps.jsonl", records)
-    vs.main(["log", "--token_log", str(log), "--out_dir", str(tmp_path / "signal")])
+    vs.main(["log", "--token_log", str(log), "--output_dir", str(tmp_path / "signal")])
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / "signal" / "signal.html"), str(tmp_path / "signal" / "signal.png")]
     page = parse_page(Path(printed[0]).read_text())
     assert page.pres == ["last step A", "thanks!", "last step B", "thanks!"]
     assert [s["text"] for s in page.spans] == ["Hi", " there", ".", "x", "y"]
     assert Path(printed[1]).read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("flag", ["--out_dir", "--out-dir", "--out_dir="])
+def test_out_dir_still_works_with_a_deprecation_warning(flag, tmp_path, capsys, caplog):
+    log = write_log(tmp_path / "token_logps.jsonl", [make_record(step=1, prompt="p")])
+    out = str(tmp_path / "old name")
+    pair = [flag + out] if flag.endswith("=") else [flag, out]
+    vs.main(["log", "--token_log", str(log), *pair])
+    assert capsys.readouterr().out.split("\n")[0] == str(Path(out) / "signal.html")
+    assert f"{flag.rstrip('=')} is deprecated: use --output_dir" in caplog.text
+    caplog.clear()
+    vs.main(["log", "--token_log", str(log), "--output_dir", out])
+    assert "deprecated" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", list(vs.MODES))
+def test_help_states_each_default_once(mode, capsys):
+    with pytest.raises(SystemExit):
+        vs.main([mode, "--help"])
+    options = capsys.readouterr().out.split("\n  -")[1:]  # one entry per option
+    assert [o.split()[0] for o in options if o.count("(default") > 1 or "(default: None)" in o] == []
+    assert any(o.startswith("-output_dir") for o in options)
+    assert any("(default: 60)" in " ".join(o.split()) or "(default: 80)" in " ".join(o.split()) for o in options)
 
 
 # -- cases ----------------------------------------------------------------------------------------------------------
@@ -320,7 +343,7 @@ def scored_cases(tmp_path_factory):
     }]
     (folder / "cases.json").write_text(json.dumps(cases))
     args = vs.CasesArguments(cases=str(folder / "cases.json"), model_name_or_path=str(MODEL),
-                             system_prompt="general", out_dir=str(folder / "out"))
+                             system_prompt="general", output_dir=str(folder / "out"))
     summary, paths = vs.run_cases(args)
     return summary, paths
 

@@ -3,11 +3,11 @@
 Two modes, each writing a self-contained HTML page (tooltips per token) and a PNG of the same:
 
     # the records a training run logged (default: its last step)
-    python visualize_signal.py log --token_log runs/demo/token_logps.jsonl --out_dir runs/demo/signal
+    python visualize_signal.py log --token_log runs/demo/token_logps.jsonl --output_dir runs/demo/signal
 
     # the paper's sanity check: a relevant follow-up should give structured signal, an unrelated one near zero
     python visualize_signal.py cases --cases data/sample/signal_cases.json \
-        --model_name_or_path models/smollm2-135m-instruct --system_prompt general --out_dir runs/signal_cases
+        --model_name_or_path models/smollm2-135m-instruct --system_prompt general --output_dir runs/signal_cases
 
 Colours: blue where the follow-up made the token more likely (signal = teacher - student log-prob > 0), orange
 where it made it less likely, white at 0, on a scale symmetric around 0 whose limit is max |signal| shown (or
@@ -17,10 +17,12 @@ log-prob code, so what you see is what training would use.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import html
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -38,6 +40,8 @@ from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from sdpo_interactions.run_files import iter_jsonl, write_atomic  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 NEUTRAL = (255, 255, 255)
 # Positive and negative ends are the same colour with red and blue swapped, so equal |signal| looks equally strong.
@@ -482,13 +486,34 @@ def _linspace(lo: float, hi: float, n: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# The output flag's old names: accepted, with a warning; every command names it --output_dir.
+DEPRECATED_OUTPUT_FLAGS = ["--out_dir", "--out-dir"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only where the help does not state its default itself, and never "(default: None)"."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def warn_deprecated(argv: list[str]) -> None:
+    used = sorted({a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in DEPRECATED_OUTPUT_FLAGS})
+    for flag in used:
+        logger.warning("%s is deprecated: use --output_dir, as every command of this project does", flag)
+
+
 @dataclass
 class LogArguments:
     """Heatmaps of the records a training run wrote to <output_dir>/token_logps.jsonl."""
 
     token_log: Optional[str] = field(default=None, metadata={"help": "Path of a run's token_logps.jsonl."})
-    out_dir: Optional[str] = field(
-        default=None, metadata={"help": "Where to write signal.html and signal.png (default: <token_log dir>/signal)."}
+    output_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where to write signal.html and signal.png (default: <token_log dir>/signal). --out_dir, "
+                          "its old name, still works.", "aliases": DEPRECATED_OUTPUT_FLAGS},
     )
     steps: str = field(
         default="last", metadata={"help": "Which steps: `last`, `all`, or comma-separated step numbers (10,20)."}
@@ -510,8 +535,8 @@ class LogArguments:
             raise ValueError(f"--vmax must be > 0, got {self.vmax}")
         if self.png_width < 20:
             raise ValueError(f"--png_width must be >= 20, got {self.png_width}")
-        if self.out_dir is None:
-            self.out_dir = str(Path(self.token_log).parent / "signal")
+        if self.output_dir is None:
+            self.output_dir = str(Path(self.token_log).parent / "signal")
 
 
 @dataclass
@@ -527,7 +552,11 @@ class CasesArguments:
         default="general",
         metadata={"help": "System prompt of the policy, a key of prompts.SYSTEM_PROMPTS: tldr or general (none)."},
     )
-    out_dir: str = field(default="runs/signal_cases", metadata={"help": "Where to write the pages, tables and records."})
+    output_dir: str = field(
+        default="runs/signal_cases",
+        metadata={"help": "Where to write the pages, tables and records. --out_dir, its old name, still works.",
+                  "aliases": DEPRECATED_OUTPUT_FLAGS},
+    )
     temperature: float = field(
         default=1.0, metadata={"help": "Logits are divided by this before log-probs, as in training: use the run's."}
     )
@@ -566,7 +595,7 @@ def run_log(args: LogArguments) -> list[Path]:
     rows = [(f"Step {r['step']}, record {i}", [("", r)]) for i, r in enumerate(records)]
     steps = sorted({r["step"] for r in records})
     title = f"SDPO signal: {args.token_log}, step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     paths = [out / "signal.html", out / "signal.png"]
     write_atomic(paths[0], render_html(rows, vmax, title).encode("utf-8"))
     write_atomic(paths[1], render_png(rows, vmax, title, width=args.png_width))
@@ -610,7 +639,7 @@ def run_cases(args: CasesArguments) -> tuple[list[dict], list[Path]]:
     title = f"SDPO signal: relevant vs unrelated follow-ups ({args.model_name_or_path})"
     summary = summarize_conditions(pairs)
     note = "Mean |signal| per condition: " + ", ".join(f"{r['condition']} {r['mean_abs_signal']:.4f}" for r in summary)
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     paths = [out / "cases.html", out / "cases.png", out / "summary.md", out / "summary.csv", out / "cases_records.jsonl"]
     lines = [json.dumps({"condition": c, "case": i, **pair[c]}, ensure_ascii=False) for i, pair in enumerate(pairs)
              for c in CONDITIONS]
@@ -632,7 +661,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not argv or argv[0] not in MODES:
         raise SystemExit(f"usage: visualize_signal.py {{{','.join(MODES)}}} [flags]  (add --help after the mode)")
     mode, rest = argv[0], argv[1:]
-    (args,) = TrlParser((MODES[mode],), prog=f"visualize_signal.py {mode}").parse_args_and_config(args=rest)
+    warn_deprecated(rest)
+    parser = TrlParser((MODES[mode],), prog=f"visualize_signal.py {mode}", formatter_class=HelpFormatter)
+    (args,) = parser.parse_args_and_config(args=rest)
     if mode == "log":
         paths = run_log(args)
     else:
