@@ -3,8 +3,8 @@
 `ConcurrentChatClient` is the one layer both wire formats share: a request and result type, a bounded thread pool,
 one retry policy (timeout and retries handed to the SDK, which retries by itself), an on-disk reply cache, and
 results in input order that never raise. A wire format only says how one request goes out and how its reply is
-read (`_call`). No simulator logic lives here: the simulated users (api_user.py) and the evaluation's judge build
-their requests on it.
+read (`_call`). No simulator logic lives here: the simulated users (users/api.py) and the evaluation's judges
+(evaluation/judges.py) build their requests on it.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import httpx
 import openai
 
 from sdpo_interactions.run_files import write_atomic
+from sdpo_interactions.users.registry import check_api_base  # SDK-free, so flags are checked without the SDKs
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CLAUDE_MODEL = "claude-haiku-4-5-20251001"
 
 # The SDK sends API version 2026-10-21, which rejects sampling parameters (temperature, top_p, top_k) with a 400,
 # even at their defaults. A request that sets a temperature is therefore sent under the older version that
@@ -65,7 +64,9 @@ def estimate_cost_usd(model: str, input_tokens: int, output_tokens: int) -> Opti
 class ChatRequest:
     """One chat call, whatever the wire format. `messages` are user/assistant turns; the system prompt is apart.
 
-    A sampling field left at None is not sent, so the server's own default applies.
+    A sampling field left at None is not sent, so the server's own default applies. `chat_template_kwargs` goes to
+    an OpenAI-compatible server's chat template (vLLM and SGLang read it: `{"enable_thinking": false}` keeps a
+    served Qwen3 from thinking); None sends none, since hosted APIs and transformers serve refuse the field.
     """
 
     model: str
@@ -75,6 +76,7 @@ class ChatRequest:
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     top_k: Optional[int] = None
+    chat_template_kwargs: Optional[dict] = None
 
     @classmethod
     def from_chat(cls, model: str, chat: list[dict[str, str]], max_tokens: int, **sampling) -> "ChatRequest":
@@ -84,9 +86,10 @@ class ChatRequest:
         return cls(model=model, messages=turns, max_tokens=max_tokens, system=system, **sampling)
 
     def cache_key(self) -> str:
-        """Hash of everything that shapes the reply; top_p and top_k count only when set (older keys stay valid)."""
+        """Hash of everything that shapes the reply; the later fields count only when set (older keys stay valid)."""
         fields = [self.model, self.system, list(self.messages), self.max_tokens, self.temperature]
         fields += [{"top_p": self.top_p, "top_k": self.top_k}] if (self.top_p, self.top_k) != (None, None) else []
+        fields += [{"chat_template_kwargs": self.chat_template_kwargs}] if self.chat_template_kwargs is not None else []
         payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -260,6 +263,7 @@ class ClaudeMessagesClient(ConcurrentChatClient):
 
     The key comes from `api_key` or ANTHROPIC_API_KEY, and the endpoint from `base_url` or, as the SDK does by
     itself, ANTHROPIC_BASE_URL. Only `temperature` of a request's sampling is sent (under SAMPLING_API_VERSION).
+    `instead` ends the missing-key error with the alternative its caller offers.
     """
 
     wire = "claude"
@@ -272,14 +276,12 @@ class ClaudeMessagesClient(ConcurrentChatClient):
         cache_dir: Optional[str | os.PathLike] = None,
         api_key: Optional[str] = None,
         base_url: Optional[str] = None,
+        instead: str = "pass --user_model_name_or_path or --user_api_base to use another user simulator instead",
     ):
         super().__init__(max_concurrency, timeout, max_retries, cache_dir)
         api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY", "")
         if not api_key.strip():
-            raise ValueError(
-                "ANTHROPIC_API_KEY is not set: export ANTHROPIC_API_KEY=... to use Claude (or pass "
-                "--user_model_name_or_path or --user_api_base to use another user simulator instead)"
-            )
+            raise ValueError(f"ANTHROPIC_API_KEY is not set: export ANTHROPIC_API_KEY=... to use Claude (or {instead})")
         self._client = anthropic.Anthropic(
             api_key=api_key,
             base_url=base_url,
@@ -296,8 +298,9 @@ class ClaudeMessagesClient(ConcurrentChatClient):
         return estimate_cost_usd(model, input_tokens, output_tokens)
 
     def _call(self, request: ChatRequest) -> ChatResult:
-        if (request.top_p, request.top_k) != (None, None):
-            raise ValueError("the Claude user sends a temperature only; top_p and top_k are not supported")
+        if (request.top_p, request.top_k, request.chat_template_kwargs) != (None, None, None):
+            raise ValueError("Claude is sent a temperature only; top_p, top_k and chat_template_kwargs are not "
+                             "supported")
         kwargs: dict = {"system": request.system} if request.system else {}
         if request.temperature is not None:
             kwargs["extra_body"] = {"temperature": request.temperature}
@@ -358,18 +361,10 @@ class _UnreadableRepliesAsServerErrors(httpx.HTTPTransport):
         return httpx.Response(502, headers={"content-type": "application/json"}, content=error, request=request)
 
 
-def check_api_base(url: str, name: str) -> None:
-    """An OpenAI-compatible endpoint must be an http(s) URL; `name` says where it came from in the error."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"{name} must be an http(s) URL such as http://simhost:8000/v1, got {url!r}")
-
-
-def user_api_key() -> str:
-    """The key of an OpenAI-compatible user server: USER_API_KEY, else OPENAI_API_KEY, else none (a local vLLM).
-
-    "EMPTY" stands for no key, as vLLM's docs do, since the SDK refuses an empty one.
-    """
-    return os.environ.get("USER_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+def api_key_from_env(names: Sequence[str]) -> str:
+    """The key of an OpenAI-compatible server: the first of the variables `names` that is set, else none (a local
+    vLLM). "EMPTY" stands for no key, as vLLM's docs do, since the SDK refuses an empty one."""
+    return next((os.environ[name] for name in names if os.environ.get(name)), "EMPTY")
 
 
 class OpenAIChatClient(ConcurrentChatClient):
@@ -378,6 +373,8 @@ class OpenAIChatClient(ConcurrentChatClient):
     Replies are streamed and read whole: every server streams (transformers serve answers nothing else), and the
     last event carries the usage where the server reports it (`stream_options.include_usage`). A set `top_k` goes
     in the request body, where vLLM and SGLang read it; left at None it is not sent (some servers refuse it).
+    The key is `api_key`, else the first of the `key_env` variables that is set (USER_API_KEY for the user,
+    JUDGE_API_KEY for the judge, then OPENAI_API_KEY), else none.
     """
 
     wire = "openai"
@@ -390,15 +387,16 @@ class OpenAIChatClient(ConcurrentChatClient):
         max_retries: int = 8,
         cache_dir: Optional[str | os.PathLike] = None,
         api_key: Optional[str] = None,
+        key_env: Sequence[str] = ("USER_API_KEY", "OPENAI_API_KEY"),
     ):
         super().__init__(max_concurrency, timeout, max_retries, cache_dir)
-        check_api_base(base_url, "the user API base")
+        check_api_base(base_url, "the API base URL")
         http_client = httpx.Client(
             transport=_UnreadableRepliesAsServerErrors(),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         )
         self._client = openai.OpenAI(
-            api_key=api_key if api_key is not None else user_api_key(),
+            api_key=api_key if api_key is not None else api_key_from_env(key_env),
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
@@ -413,7 +411,9 @@ class OpenAIChatClient(ConcurrentChatClient):
         system = [{"role": "system", "content": request.system}] if request.system else []
         sampling = {name: value for name, value in (("temperature", request.temperature), ("top_p", request.top_p))
                     if value is not None}
-        extra_body = {"top_k": request.top_k} if request.top_k is not None else None
+        extra_body = {name: value for name, value in (("top_k", request.top_k),
+                                                      ("chat_template_kwargs", request.chat_template_kwargs))
+                      if value is not None} or None
         try:
             stream = self._client.chat.completions.create(
                 model=request.model,

@@ -154,114 +154,116 @@ class MessagesServer:
     # -- HTTP ------------------------------------------------------------------------------------------------
 
     def _handler_class(self):
-        server = self
+        return type("Handler", (_Handler,), {"owner": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def log_message(self, format, *args):  # keep test output clean
-                pass
+class _Handler(BaseHTTPRequestHandler):
+    """One request of the server `owner` (set on the subclass each MessagesServer makes)."""
 
-            def do_POST(self):
-                with server._lock:
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    self._answer()
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
+    owner: MessagesServer
+    protocol_version = "HTTP/1.1"
 
-            openai = False  # set per request: which API's wire format the reply takes
+    def log_message(self, format, *args):  # keep test output clean
+        pass
 
-            def _answer(self):
-                length = int(self.headers.get("content-length", 0))
-                raw = self.rfile.read(length)
-                route = self.path.split("?")[0]
-                if route not in ("/v1/messages", "/v1/chat/completions"):
-                    return self._send_error(404, "not_found_error", f"no route {self.path}")
-                self.openai = route == "/v1/chat/completions"
-                try:
-                    body = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    return self._send_error(400, "invalid_request_error", f"request body is not JSON: {err}")
-                sampling = [name for name in SAMPLING_PARAMETERS if name in body]
-                if sampling and not self.openai and self.headers.get("anthropic-version") != SAMPLING_API_VERSION:
-                    return self._send_error(
-                        400, "invalid_request_error", f"{sampling[0]}: Extra inputs are not permitted"
-                    )
-                tag = request_tag(body)
-                fault = server._next_fault(tag)
-                with server._lock:
-                    server.requests.append(
-                        LoggedRequest(tag, body, dict(self.headers.items()), fault.kind if fault else "ok")
-                    )
-                if server.latency:
-                    time.sleep(server.latency)
-                if fault is not None and fault.kind in ERROR_FAULTS:
-                    status, error_type = ERROR_FAULTS[fault.kind]
-                    message = fault.message or f"injected {fault.kind} for ID:{tag}"
-                    headers = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
-                    return self._send_error(status, error_type, message, headers)
-                if fault is not None and fault.kind == "slow":
-                    time.sleep(fault.delay)
-                if fault is not None and fault.kind == "malformed":
-                    if self.openai and body.get("stream"):
-                        return self._send(200, b'data: {"id": "chatcmpl-broken", "choices": [\n\n', {}, "text/event-stream")
-                    return self._send(200, b'{"id": "msg_broken", "type": "message", "content": [', {})
-                text = "" if fault is not None and fault.kind == "empty" else server.reply(body)
-                if self.openai:
-                    return self._send_chat_completion(body, text)
-                message = {
-                    "id": f"msg_{len(server.requests):06d}",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": body.get("model", "unknown"),
-                    "content": [{"type": "text", "text": text}],
-                    "stop_reason": "end_turn",
-                    "stop_sequence": None,
-                    "usage": {
-                        "input_tokens": len(request_text(body).split()),
-                        "output_tokens": len(text.split()),
-                    },
-                }
-                self._send(200, json.dumps(message).encode(), {})
+    def do_POST(self):
+        with self.owner._lock:
+            self.owner.in_flight += 1
+            self.owner.max_in_flight = max(self.owner.max_in_flight, self.owner.in_flight)
+        try:
+            self._answer()
+        finally:
+            with self.owner._lock:
+                self.owner.in_flight -= 1
 
-            def _send_chat_completion(self, body: dict, text: str):
-                """A chat completion: SSE chunks (text word by word, then usage when asked for) or one JSON object."""
-                usage = {"prompt_tokens": len(request_text(body).split()), "completion_tokens": len(text.split())}
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                base = {"id": f"chatcmpl-{len(server.requests):06d}", "created": 0, "model": body.get("model", "?")}
-                if not body.get("stream"):
-                    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                    reply = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-                    return self._send(200, json.dumps(reply).encode(), {})
-                chunk = {**base, "object": "chat.completion.chunk"}
-                deltas = [{"role": "assistant", "content": ""}] + [{"content": w} for w in re.split(r"(?<= )", text) if w]
-                events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-                events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-                if (body.get("stream_options") or {}).get("include_usage"):
-                    events.append({**chunk, "choices": [], "usage": usage})
-                payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-                self._send(200, payload.encode(), {}, "text/event-stream")
+    openai = False  # set per request: which API's wire format the reply takes
 
-            def _send_error(self, status, error_type, message, headers=None):
-                body = {"type": "error", "error": {"type": error_type, "message": message}}
-                if self.openai:
-                    body = {"error": {"type": error_type, "message": message, "code": status}}
-                self._send(status, json.dumps(body).encode(), headers or {})
+    def _answer(self):
+        length = int(self.headers.get("content-length", 0))
+        raw = self.rfile.read(length)
+        route = self.path.split("?")[0]
+        if route not in ("/v1/messages", "/v1/chat/completions"):
+            return self._send_error(404, "not_found_error", f"no route {self.path}")
+        self.openai = route == "/v1/chat/completions"
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as err:
+            return self._send_error(400, "invalid_request_error", f"request body is not JSON: {err}")
+        sampling = [name for name in SAMPLING_PARAMETERS if name in body]
+        if sampling and not self.openai and self.headers.get("anthropic-version") != SAMPLING_API_VERSION:
+            return self._send_error(
+                400, "invalid_request_error", f"{sampling[0]}: Extra inputs are not permitted"
+            )
+        tag = request_tag(body)
+        fault = self.owner._next_fault(tag)
+        with self.owner._lock:
+            self.owner.requests.append(
+                LoggedRequest(tag, body, dict(self.headers.items()), fault.kind if fault else "ok")
+            )
+        if self.owner.latency:
+            time.sleep(self.owner.latency)
+        if fault is not None and fault.kind in ERROR_FAULTS:
+            status, error_type = ERROR_FAULTS[fault.kind]
+            message = fault.message or f"injected {fault.kind} for ID:{tag}"
+            headers = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
+            return self._send_error(status, error_type, message, headers)
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.delay)
+        if fault is not None and fault.kind == "malformed":
+            if self.openai and body.get("stream"):
+                return self._send(200, b'data: {"id": "chatcmpl-broken", "choices": [\n\n', {}, "text/event-stream")
+            return self._send(200, b'{"id": "msg_broken", "type": "message", "content": [', {})
+        text = "" if fault is not None and fault.kind == "empty" else self.owner.reply(body)
+        if self.openai:
+            return self._send_chat_completion(body, text)
+        message = {
+            "id": f"msg_{len(self.owner.requests):06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "unknown"),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": len(request_text(body).split()),
+                "output_tokens": len(text.split()),
+            },
+        }
+        self._send(200, json.dumps(message).encode(), {})
 
-            def _send(self, status, payload: bytes, headers: dict, content_type: str = "application/json"):
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", content_type)
-                    self.send_header("content-length", str(len(payload)))
-                    self.send_header("request-id", f"req_test_{status}")
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True  # the client gave up (its timeout); nothing to answer
+    def _send_chat_completion(self, body: dict, text: str):
+        """A chat completion: SSE chunks (text word by word, then usage when asked for) or one JSON object."""
+        usage = {"prompt_tokens": len(request_text(body).split()), "completion_tokens": len(text.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        base = {"id": f"chatcmpl-{len(self.owner.requests):06d}", "created": 0, "model": body.get("model", "?")}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            reply = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return self._send(200, json.dumps(reply).encode(), {})
+        chunk = {**base, "object": "chat.completion.chunk"}
+        deltas = [{"role": "assistant", "content": ""}] + [{"content": w} for w in re.split(r"(?<= )", text) if w]
+        events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({**chunk, "choices": [], "usage": usage})
+        payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        self._send(200, payload.encode(), {}, "text/event-stream")
 
-        return Handler
+    def _send_error(self, status, error_type, message, headers=None):
+        body = {"type": "error", "error": {"type": error_type, "message": message}}
+        if self.openai:
+            body = {"error": {"type": error_type, "message": message, "code": status}}
+        self._send(status, json.dumps(body).encode(), headers or {})
+
+    def _send(self, status, payload: bytes, headers: dict, content_type: str = "application/json"):
+        try:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(payload)))
+            self.send_header("request-id", f"req_test_{status}")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (its timeout); nothing to answer

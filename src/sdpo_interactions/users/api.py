@@ -13,7 +13,6 @@ import os
 from typing import Optional
 
 from sdpo_interactions.chat_clients import (
-    DEFAULT_CLAUDE_MODEL,
     ChatRequest,
     ClaudeMessagesClient,
     ConcurrentChatClient,
@@ -21,6 +20,7 @@ from sdpo_interactions.chat_clients import (
     claude_price_per_mtok,
 )
 from sdpo_interactions.users.base import UserSimulator, persona_for, user_messages
+from sdpo_interactions.users.registry import DEFAULT_CLAUDE_MODEL
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ A simulator therefore has one job, to react to the answer in character, and neve
 itself (that would leak a reference answer into the teacher context).
 
 This module holds what every simulator shares (the persona prompt, the interface) and the local model simulator;
-the users behind a chat API (Claude, or a vLLM/SGLang server) are in api_user.py, on the client layer of
+the users behind a chat API (Claude, or a vLLM/SGLang server) are in users/api.py, on the client layer of
 chat_clients.py, so that training with a local user needs no API SDK.
 """
 
