@@ -59,6 +59,8 @@ def caption(rows: list[dict], benchmarks: list[str]) -> str:
             continue
         versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
         parts.append(f"{BENCHMARKS[name].label}: {BENCHMARKS[name].setting} ({versions}).")
+        if name == "alpaca_eval" and result["settings"]["alpaca_metric"] != "length_controlled_winrate":
+            parts.append("AlpacaEval here: the plain win rate, not length-controlled (--alpaca_metric win_rate).")
         if name == "alpaca_eval":
             parts.append(f"Annotator: {result['settings']['annotator']}. LC win rates are comparable only between "
                          "results judged by the same annotator.")

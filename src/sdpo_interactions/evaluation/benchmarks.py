@@ -41,6 +41,9 @@ DEFAULT_ANNOTATOR_MODEL = "gpt-4-1106-preview"
 OPENAI_API_BASE = "https://api.openai.com/v1"
 BACKENDS = ("auto", "hf", "vllm")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+# AlpacaEval's metric functions by the leaderboard column they fill. LC fits AlpacaEval's GLM, which reads the
+# instruction difficulties of its 805 instructions from the Hub (tatsu-lab/alpaca_eval, df_gamed.csv).
+ALPACA_METRICS = {"length_controlled_winrate": "get_length_controlled_winrate", "win_rate": "get_winrate"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,10 @@ class HarnessSettings:
     max_gen_toks: Optional[int] = field(default=None, metadata={
         "help": "Override the generative lm-eval tasks' answer length (default: each task's own)."})
     alpaca_max_new_tokens: int = field(default=2048, metadata={"help": "AlpacaEval answer length in tokens."})
+    alpaca_metric: str = field(default="length_controlled_winrate", metadata={
+        "help": "AlpacaEval's reported number: the length-controlled win rate (the paper's; AlpacaEval fetches its "
+                "instruction difficulties from the Hub), or the plain win_rate (offline).",
+        "choices": list(ALPACA_METRICS)})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor-parallel size."})
     gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vLLM share of GPU memory."})
     ifeval_data: Optional[str] = field(default=None, metadata={
@@ -116,6 +123,8 @@ class HarnessSettings:
         problems = []
         if self.backend not in BACKENDS:
             problems.append(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.alpaca_metric not in ALPACA_METRICS:
+            problems.append(f"--alpaca_metric {self.alpaca_metric!r}: choose one of {', '.join(ALPACA_METRICS)}")
         if self.dtype not in DTYPES:
             problems.append(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         for name in ("batch_size", "alpaca_max_new_tokens", "tensor_parallel_size", "limit", "max_gen_toks"):
@@ -373,7 +382,8 @@ def alpaca_eval_cell(cell: Cell, settings: HarnessSettings, annotator: Annotator
     cell.files[annotator_file] = lambda: yaml.safe_dump(annotator_config(annotator))
     cell.command = [sys.executable, "-m", "alpaca_eval.main", "evaluate_from_model", "--model_configs",
                     str(model_file), "--annotators_config", str(annotator_file), "--output_path",
-                    str(cell.raw_output), "--precomputed_leaderboard", "None", "--is_cache_leaderboard", "False"]
+                    str(cell.raw_output), "--precomputed_leaderboard", "None", "--is_cache_leaderboard", "False",
+                    "--fn_metric", ALPACA_METRICS[settings.alpaca_metric], "--sort_by", settings.alpaca_metric]
     if settings.alpaca_eval_data:
         cell.command += ["--evaluation_dataset", str(Path(settings.alpaca_eval_data).resolve())]
     if settings.limit:
@@ -468,8 +478,8 @@ def read_lm_eval_result(cell: Cell) -> dict:
                                                 "transformers": report.get("transformers_version")}}
 
 
-def read_alpaca_eval_result(cell: Cell) -> dict:
-    """Length-controlled and raw win rate (percent) of this model from alpaca_eval's leaderboard.csv."""
+def read_alpaca_eval_result(cell: Cell, metric: str) -> dict:
+    """The chosen win rate (percent) of this model, and the plain one, from alpaca_eval's leaderboard.csv."""
     import pandas as pd
 
     path = cell.raw_output / "leaderboard.csv"
@@ -477,17 +487,18 @@ def read_alpaca_eval_result(cell: Cell) -> dict:
     if cell.result_key not in board.index:
         raise KeyError(f"{path}: no row for {cell.result_key!r}")
     row = board.loc[cell.result_key]
-    return {"value": float(row["length_controlled_winrate"]), "stderr": float(row.get("lc_standard_error", "nan")),
+    stderr = "lc_standard_error" if metric == "length_controlled_winrate" else "standard_error"
+    return {"value": float(row[metric]), "stderr": float(row.get(stderr, "nan")),
             "win_rate": float(row["win_rate"]), "win_rate_stderr": float(row["standard_error"]),
             "n": int(row["n_total"]), "avg_length": int(row["avg_length"]), "raw": str(path),
             "versions": {"alpaca-eval": harness_version("alpaca_eval")}}
 
 
-READERS = {"lm_eval": read_lm_eval_result, "alpaca_eval": read_alpaca_eval_result}
-
-
 def record_result(cell: Cell, settings: dict, command_text: str) -> dict:
-    result = READERS[cell.benchmark.harness](cell)
+    if cell.benchmark.harness == "alpaca_eval":
+        result = read_alpaca_eval_result(cell, settings["alpaca_metric"])
+    else:
+        result = read_lm_eval_result(cell)
     result.update(label=cell.model.label, step=cell.model.step, benchmark=cell.benchmark.name,
                   harness=cell.benchmark.harness, settings=settings, command=command_text)
     write_atomic(cell.folder / RESULT_NAME, json.dumps(result, indent=2))

@@ -5,7 +5,7 @@ log-probabilities, the way GPT-4 Turbo or a vLLM server does.
 Which output wins is the test's choice: `prefer(instruction, outputs)` gets the instruction and the two outputs by
 identifier ({"m": ..., "M": ...}, parsed from AlpacaEval's prompt) and returns the winning identifier. Faults are
 injected by request number: `faults={1: 429, 2: 503}` fails the 1st and 2nd request (of all requests, retries
-included) with that status, so the real SDK's own retries are exercised. Every request's headers are kept, so a
+included) with that status, so the real SDK's own retries are exercised. Every request's headers are kept (names in lower case), so a
 test can check which key the client sent.
 
     with JudgeServer(prefer=lambda instruction, outputs: "M", faults={1: 429}) as judge:
@@ -87,7 +87,7 @@ class JudgeServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 with server._lock:
-                    server.headers.append(dict(self.headers))
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status, reply = server.answer(body)
                 data = json.dumps(reply).encode()
                 self.send_response(status)
