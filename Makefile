@@ -7,11 +7,11 @@ INSTALLED := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup model test demo demo-offline check-vllm-requirements clean
+.PHONY: setup model test demo demo-offline check-vllm-requirements check-eval-requirements clean
 
 setup: $(INSTALLED)
 
-$(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
+$(INSTALLED): requirements.txt requirements-dev.txt requirements-eval.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -36,6 +36,11 @@ demo-offline: $(MODEL)
 # pip's resolver on the optional vLLM environment (a minute; needs PyPI, installs nothing).
 check-vllm-requirements: $(INSTALLED)
 	$(PY) -m pip install --dry-run --ignore-installed --quiet -r requirements-vllm.txt
+
+# pip's resolver on the benchmark harnesses beside the pins, and on their vLLM environment (needs PyPI).
+check-eval-requirements: $(INSTALLED)
+	$(PY) -m pip install --dry-run --ignore-installed --quiet -r requirements.txt -r requirements-eval.txt
+	$(PY) -m pip install --dry-run --ignore-installed --quiet -r requirements-eval-vllm.txt
 
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) runs/demo runs/demo-offline
