@@ -23,7 +23,7 @@ from sdpo_interactions.conversations import (
     token_limit_problem,
 )
 from sdpo_interactions.core.offline import first_tokens_mask, signal_weighted_nll
-from sdpo_interactions.run_files import RUN_SETTINGS_NAME
+from sdpo_interactions.run_files import RUN_SETTINGS_NAME, BadLinesError
 from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
 from test_trainer import reference_logps
 
@@ -50,11 +50,13 @@ def test_each_answer_is_paired_with_the_user_turn_after_it():
 @pytest.mark.parametrize(
     "record, message",
     [
-        ({"messages": [msg("user", "a"), msg("user", "b")]}, "message 1 is 'user' where 'assistant' was due"),
-        ({"messages": [msg("assistant", "a"), msg("user", "b")]}, "message 0 is 'assistant' where 'user' was due"),
+        # Messages are named by their position counted from 1, and the count says so: "2 of 2" is the last one.
+        ({"messages": [msg("user", "a"), msg("user", "b")]}, "message 2 of 2 is 'user' where 'assistant' was due"),
+        ({"messages": [msg("assistant", "a"), msg("user", "b")]}, "message 1 of 2 is 'assistant' where 'user' was due"),
+        ({"messages": [msg("system", "s"), msg("user", "q"), msg("user", "b")]}, "message 3 of 3 is 'user'"),
         ({"messages": [msg("system", "s"), msg("user", "only a question")]}, "no assistant turn"),
-        ({"messages": [{"role": "bot", "content": "x"}]}, "needs a role, one of system, user, assistant"),
-        ({"messages": [{"role": "user", "content": 3}]}, "needs a string content"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "message 1 of 1 needs a role, one of system, user, "),
+        ({"messages": [msg("user", "q"), {"role": "assistant", "content": 3}]}, r"message 2 of 2 \(assistant\) needs a"),
         ({"turns": []}, 'expected an object with a "messages" list'),
     ],
 )
@@ -64,11 +66,26 @@ def test_bad_conversations_are_refused_with_their_place(record, message):
     assert str(err.value).startswith("logs.jsonl:7: ")
 
 
-def test_a_bad_line_in_a_file_names_the_file_and_line(tmp_path):
+def test_every_bad_line_in_a_file_is_named_by_file_and_line_at_once(tmp_path):
     path = tmp_path / "logs.jsonl"
-    path.write_text(json.dumps({"messages": CONVERSATION}) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"logs\.jsonl:2: malformed JSON"):
-        list(read_conversations(str(path)))
+    lines = [json.dumps({"messages": CONVERSATION}), "{not json", json.dumps({"messages": CONVERSATION[1:2]}),
+             json.dumps({"messages": CONVERSATION}), json.dumps({"turns": []})]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadLinesError) as err:
+        read_conversations(str(path))
+    assert err.value.problems == [f"{path}:2: malformed JSON (Expecting property name enclosed in double quotes, "
+                                  "column 2)", f"{path}:3: no assistant turn, so nothing to learn from",
+                                  f'{path}:5: expected an object with a "messages" list']
+    assert str(err.value).startswith(f"{path}: 3 bad lines (prepare_data.py conversations --source FILE --skip_bad")
+    assert err.value.exit_code == 1
+
+
+def test_sharegpt_and_wildchat_shapes_read_as_messages(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    path.write_text(json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})
+                    + "\n" + json.dumps({"conversation": [msg("user", "q2"), msg("assistant", "a2")]}) + "\n")
+    assert [m for _, m in read_conversations(str(path))] == [[msg("user", "q"), msg("assistant", "a")],
+                                                             [msg("user", "q2"), msg("assistant", "a2")]]
 
 
 def test_budgets_drop_early_exchanges_never_the_request_y_or_o():

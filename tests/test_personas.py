@@ -1,10 +1,12 @@
 """Personas are data: the built-in file, a user's persona file, and every bad file named by file and line."""
 
 import json
+import re
 
 import pytest
 
 import sdpo_interactions.personas as personas
+from sdpo_interactions.run_files import BadLinesError, InputError
 from sdpo_interactions.personas import STYLE_ALIASES, STYLE_PERSONAS, load_persona_file, persona_catalogue, resolve_style
 
 # Every persona name of the authors' research code (auxiliary/user_simulator.py).
@@ -67,12 +69,14 @@ def test_a_persona_file_adds_and_overrides(tmp_path, suffix):
 @pytest.mark.parametrize(
     "text, line, message",
     [
-        ("pirate: Arr.\npoetic: [a, list]\n", 2, "must be non-empty text"),
+        ("pirate: Arr.\npoetic: [a, list]\n", 2, "must be text, got a list"),
+        ("poetic: Haiku.\npirate: 12\n", 2, r"of 'pirate' must be text, got a number \(12\); put it in quotes"),
+        ("pirate: yes\n", 1, "must be text, got true/false"),
         ("pirate: Arr.\n\nempty:\n", 3, "must be non-empty text"),
         ("pirate: Arr.\npirate: Again.\n", 2, "defined twice"),
         ("pirate: Arr.\n'bad name!': x\n", 2, "a style name is"),
         ("pirate: Arr.\n  bad: indent: here\n", 2, "not valid YAML or JSON"),
-        ('{"pirate": "Arr.",\n "poetic": 3}\n', 2, "must be non-empty text"),
+        ('{"pirate": "Arr.",\n "poetic": 3}\n', 2, "must be text, got a number"),
         ("- a list\n- not a mapping\n", 1, "expected a mapping"),
     ],
 )
@@ -82,6 +86,22 @@ def test_a_bad_persona_file_names_its_line(tmp_path, text, line, message):
     with pytest.raises(ValueError, match=message) as err:
         load_persona_file(path)
     assert str(err.value).startswith(f"{path}:{line}:")
+
+
+def test_every_bad_entry_is_reported_at_once(tmp_path):
+    path = tmp_path / "personas.yaml"
+    path.write_text("pirate: 12\nfine: Plain text.\nempty:\npirate: again\n")
+    with pytest.raises(BadLinesError) as err:
+        load_persona_file(path)
+    assert [p.split(": ", 1)[0] for p in err.value.problems] == [f"{path}:1", f"{path}:3", f"{path}:4"]
+    assert "got a number" in err.value.problems[0] and "defined twice" in err.value.problems[2]
+
+
+def test_a_persona_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "personas.yaml"
+    path.write_bytes("pirate: Arr.\npoetic: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}:2: not valid UTF-8"):
+        load_persona_file(path)
 
 
 def test_the_built_in_file_is_the_one_source(tmp_path):

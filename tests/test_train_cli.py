@@ -173,9 +173,10 @@ def test_resume_last_takes_the_newest_complete_checkpoint(tmp_path):
 
 def test_claude_user_without_key_fails_before_any_model_loads(prompts_file, tmp_path, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    # The policy path does not exist: reaching for any model or tokenizer would fail differently.
+    # The policy is a hub id that is nowhere (and the hub is offline): reaching for any model or tokenizer would
+    # fail differently.
     args = parse(["--train_jsonl", str(prompts_file), "--output_dir", str(tmp_path / "o"), "--bf16", "false",
-                  "--model_name_or_path", str(tmp_path / "no-such-policy")])
+                  "--model_name_or_path", "no-such-org/no-such-policy"])
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY is not set"):
         train.main(*args)
 

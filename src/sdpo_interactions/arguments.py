@@ -10,7 +10,11 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from trl import ModelConfig, get_kbit_device_map, get_peft_config, get_quantization_config
+
+from sdpo_interactions.run_files import InputError, MissingInputError
 
 
 @dataclass
@@ -36,11 +40,12 @@ class DataArguments:
     )
     def __post_init__(self):
         if self.train_jsonl is None:
-            raise ValueError(f"--train_jsonl is required ({self.DATA_HINT})")
+            raise InputError(f"--train_jsonl is required ({self.DATA_HINT})")
         for flag in ("train_jsonl", "val_jsonl"):
             path = getattr(self, flag)
             if path is not None and not os.path.isfile(path):
-                raise FileNotFoundError(f"--{flag}: no such file: {path}")
+                what = "a folder, not a file" if os.path.isdir(path) else "no such file"
+                raise MissingInputError(f"--{flag}: {what}: {path}")
         check_positive(self, "train_n", "eval_n", "max_prompt_tokens")
 
 
@@ -51,6 +56,23 @@ class PolicyModelConfig(ModelConfig):
     model_name_or_path: Optional[str] = field(
         default="Qwen/Qwen3-8B", metadata={"help": "Policy model (hub id or folder)."}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_model_path(self.model_name_or_path, "--model_name_or_path")
+
+
+def check_model_path(value: Optional[str], flag: str) -> None:
+    """A model is a folder or a hub id: a value that is neither (a mistyped path, say) fails here, on parsing,
+    rather than as a hub validation error once the run has started. A valid hub id is left to the hub."""
+    if value is None or os.path.isdir(value):
+        return
+    if os.path.exists(value):
+        raise InputError(f"{flag} {value}: a file, not a model folder")
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise MissingInputError(f"{flag} {value}: no such folder (and not a Hugging Face hub id)") from None
 
 
 def policy_init(model_args: ModelConfig, training_args) -> Optional[object]:
@@ -79,4 +101,4 @@ def check_positive(args, *flags: str) -> None:
     for flag in flags:
         value = getattr(args, flag)
         if value is not None and value < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {value}")
+            raise InputError(f"--{flag} must be >= 1, got {value}")

@@ -4,7 +4,9 @@ The format is the one a team's chat logs already have: JSONL, one conversation p
 `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`. An optional system turn comes first,
 then user and assistant turns alternate, starting with a user turn. In a conversation x1 y1 o1=x2 y2 o2 ... each
 (y_k, the next user turn) pair is one sample whose prompt x is everything before y_k, so later turns give multi-turn
-samples with the hindsight placed, as online, after the user turn that precedes y.
+samples with the hindsight placed, as online, after the user turn that precedes y. The shapes of the public logs
+read the same: WildChat's `conversation` and ShareGPT's `conversations` of `{"from": "human"|"gpt", "value": ...}`.
+A file is checked whole: every bad line is reported with its `file:line` and what is wrong, messages counted from 1.
 
 Two optional per-message marks carry what a log may know: `"truncated": true` on an assistant turn cut off by a
 length limit (an OpenAI-style `"finish_reason": "length"` means the same), and `"reaction": false` on a user turn
@@ -14,41 +16,77 @@ that is a new request rather than a reaction to the answer before it. Samples wi
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
-from sdpo_interactions.run_files import iter_jsonl
+from sdpo_interactions.run_files import InputError, read_checked_jsonl
 
 ROLES = ("system", "user", "assistant")
+MARKS = ("truncated", "reaction")
+# The role names of the sources: OpenAI-style (role/content) and ShareGPT-style (from/value, as in WildFeedback).
+ROLE_NAMES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+# Where to turn a file with bad lines into a clean one; named in the error that lists them.
+SKIP_HINT = "prepare_data.py conversations --source FILE --skip_bad_lines writes a copy without bad lines"
+
+
+def raw_turns(row: dict):
+    """A source record's turns, under the name its dataset uses: WildChat's `conversation`, WildFeedback's
+    `conversations`, or `messages` (OpenAI-style logs)."""
+    return next((row[key] for key in ("conversation", "conversations", "messages") if row.get(key) is not None), None)
+
+
+def _role(turn) -> Optional[str]:
+    return ROLE_NAMES.get(turn.get("role", turn.get("from"))) if isinstance(turn, dict) else None
+
+
+def _content(turn: dict):
+    return turn.get("content", turn.get("value"))
+
+
+def _message_problem(turn) -> Optional[str]:
+    role = _role(turn)
+    if role is None:
+        return f"needs a role, one of {', '.join(ROLES)}"
+    if not isinstance(_content(turn), str):
+        return f"({role}) needs a string content"
+    for mark in MARKS:
+        if turn.get(mark) is not None and not isinstance(turn[mark], bool):
+            return f"({role}): {mark!r} must be true or false"
+    return None
+
+
+def order_problem(roles: list[str]) -> Optional[str]:
+    """What is wrong with the order of a conversation's roles, or None. Messages are named by position from 1."""
+    turns = roles[1:] if roles and roles[0] == "system" else roles
+    offset = len(roles) - len(turns)
+    for i, role in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            return (f"message {i + offset + 1} of {len(roles)} is {role!r} where {expected!r} was due: after an "
+                    "optional system turn, user and assistant turns alternate, starting with the user")
+    if "assistant" not in turns:
+        return "no assistant turn, so nothing to learn from"
+    return None
+
+
+def record_problem(record) -> Optional[str]:
+    """What makes a record unusable as a conversation, or None: the one rule for a user's own file, in
+    train_offline.py and prepare_data.py alike. Messages are named by their position, counted from 1."""
+    raw = raw_turns(record) if isinstance(record, dict) else None
+    if not isinstance(raw, list):
+        return 'expected an object with a "messages" list'
+    for i, turn in enumerate(raw, start=1):
+        problem = _message_problem(turn)
+        if problem is not None:
+            return f"message {i} of {len(raw)} {problem}"
+    return order_problem([_role(turn) for turn in raw])
 
 
 def check_conversation(record, where: str) -> list[dict[str, str]]:
-    """The record's messages, or a ValueError naming `where` (file:line) and what is wrong."""
-    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-        raise ValueError(f'{where}: expected an object with a "messages" list')
-    messages = record["messages"]
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise ValueError(f"{where}: message {i} needs a role, one of {', '.join(ROLES)}")
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"{where}: message {i} ({message['role']}) needs a string content")
-        for mark in MARKS:
-            if mark in message and not isinstance(message[mark], bool):
-                raise ValueError(f"{where}: message {i}: {mark!r} must be true or false")
-    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    for i, message in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            offset = len(messages) - len(turns)
-            raise ValueError(
-                f"{where}: message {i + offset} is {message['role']!r} where {expected!r} was due: after an optional "
-                "system turn, user and assistant turns alternate, starting with the user"
-            )
-    if not any(m["role"] == "assistant" for m in turns):
-        raise ValueError(f"{where}: no assistant turn, so nothing to learn from")
-    return [keep_marks(m, {"role": m["role"], "content": m["content"]}) for m in messages]
-
-
-MARKS = ("truncated", "reaction")
+    """The record's messages, or an `InputError` naming `where` (file:line) and what is wrong."""
+    problem = record_problem(record)
+    if problem is not None:
+        raise InputError(f"{where}: {problem}")
+    return normalize_turns(raw_turns(record))
 
 
 def keep_marks(source: dict, message: dict) -> dict:
@@ -61,10 +99,10 @@ def keep_marks(source: dict, message: dict) -> dict:
     return message
 
 
-def read_conversations(path: str) -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """(`file:line`, messages) for each conversation; the first bad one stops with its file and line."""
-    for where, record in iter_jsonl(path):
-        yield where, check_conversation(record, where)
+def read_conversations(path: str) -> list[tuple[str, list[dict[str, str]]]]:
+    """(`file:line`, messages) for each conversation; a `BadLinesError` lists every bad line with its file and line."""
+    return [(where, normalize_turns(raw_turns(record)))
+            for where, record in read_checked_jsonl(path, record_problem, SKIP_HINT)]
 
 
 def interaction_samples(messages: list[dict[str, str]]) -> list[dict]:
@@ -189,7 +227,7 @@ def load_conversation_dataset(path: str, tokenizer, *, n: Optional[int] = None, 
     sample_filter = SampleFilter(tokenizer, **filters)
     rows = [row for _, messages in read_conversations(path) for row in sample_filter.conversation(messages)]
     if not rows:
-        raise ValueError(f"{path}: no sample left after filtering ({sample_filter.counts})")
+        raise InputError(f"{path}: no sample left after filtering ({sample_filter.counts})")
     data = datasets.Dataset.from_list(rows).shuffle(seed=seed)
     if n is not None:
         data = data.select(range(min(n, len(data))))
@@ -198,17 +236,9 @@ def load_conversation_dataset(path: str, tokenizer, *, n: Optional[int] = None, 
 
 # -- Preparing logged datasets (WildChat, WildFeedback, a team's own logs) into this format ---------------------
 
-# The role names of the sources: OpenAI-style (role/content) and ShareGPT-style (from/value, as in WildFeedback).
-ROLE_NAMES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 # The authors' conversation-level limits, in characters.
 MAX_TURN_CHARS = 4096
 MAX_TOTAL_CHARS = 100_000
-
-
-def raw_turns(row: dict):
-    """A source record's turns, under the name its dataset uses: WildChat's `conversation`, WildFeedback's
-    `conversations`, or `messages` (OpenAI-style logs)."""
-    return row.get("conversation") or row.get("conversations") or row.get("messages")
 
 
 def normalize_turns(raw) -> Optional[list[dict[str, str]]]:
@@ -217,13 +247,10 @@ def normalize_turns(raw) -> Optional[list[dict[str, str]]]:
         return None
     turns = []
     for turn in raw:
-        if not isinstance(turn, dict):
+        role = _role(turn)
+        if role is None or not isinstance(_content(turn), str):
             return None
-        role = ROLE_NAMES.get(turn.get("role", turn.get("from")))
-        content = turn.get("content", turn.get("value"))
-        if role is None or not isinstance(content, str):
-            return None
-        turns.append(keep_marks(turn, {"role": role, "content": content}))
+        turns.append(keep_marks(turn, {"role": role, "content": _content(turn)}))
     return turns
 
 
@@ -245,9 +272,7 @@ def conversation_problem(row: dict, turns: Optional[list[dict[str, str]]], langu
         return "empty_turn"
     if any(t.get("truncated") for t in turns):
         return "truncated"
-    try:
-        check_conversation({"messages": turns}, "")
-    except ValueError:
+    if order_problem([t["role"] for t in turns]) is not None:
         return "roles_out_of_order"
     if len([t for t in turns if t["role"] != "system"]) < 3:
         return "no_reply"  # a sample needs a user turn after an assistant turn
@@ -258,6 +283,11 @@ def conversation_problem(row: dict, turns: Optional[list[dict[str, str]]], langu
     return None
 
 
+def held_out_rank(key: str) -> int:
+    """A stable, seed-free number in [0, 10000) for a conversation's key: the lower, the sooner it is held out."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+
+
 def is_held_out(key: str, percent: float) -> bool:
     """A stable, seed-free choice of the held-out conversations: the same key always lands in the same split."""
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 10_000 < percent * 100
+    return held_out_rank(key) < percent * 100

@@ -14,6 +14,8 @@ from typing import Optional
 
 import yaml
 
+from sdpo_interactions.run_files import BadLinesError, InputError, MissingInputError
+
 BUILTIN_PERSONA_FILE = Path(__file__).resolve().with_name("personas.yaml")
 # The research code spells one persona "answer_direclty_reduce_formatting"; its runs and scripts use that name.
 STYLE_ALIASES = {"answer_direclty_reduce_formatting": "answer_directly_reduce_formatting"}
@@ -24,35 +26,62 @@ def load_persona_file(path: str | os.PathLike) -> dict[str, str]:
     """Read a name -> description mapping; a bad entry is reported with its file and line.
 
     YAML is read node by node (JSON is valid YAML), so every error can point at the line that caused it, and a
-    name given twice is an error rather than silently the last one.
+    name given twice is an error rather than silently the last one. Every bad entry is reported at once.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"persona file: no such file: {path}") from None
+        raise MissingInputError(f"persona file: no such file: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"persona file: {path} is a folder, not a file") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not valid UTF-8; save the file as UTF-8") from None
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ValueError(f"{where}: not valid YAML or JSON ({getattr(err, 'problem', err)})") from None
+        raise InputError(f"{where}: not valid YAML or JSON ({getattr(err, 'problem', err)})") from None
     if root is None:
-        raise ValueError(f"{path}: empty persona file; expected a mapping of style name -> description")
+        raise InputError(f"{path}: empty persona file; expected a mapping of style name -> description")
     if not isinstance(root, yaml.MappingNode):
-        raise ValueError(f"{path}:{root.start_mark.line + 1}: expected a mapping of style name -> description")
+        raise InputError(f"{path}:{root.start_mark.line + 1}: expected a mapping of style name -> description")
     personas: dict[str, str] = {}
+    problems = []
     for key, value in root.value:
         where = f"{path}:{key.start_mark.line + 1}"
         name = key.value if isinstance(key, yaml.ScalarNode) else None
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(f"{where}: a style name is letters, digits, '_', '.' or '-', got {name!r}")
-        if name in personas:
-            raise ValueError(f"{where}: style {name!r} is defined twice")
-        if not isinstance(value, yaml.ScalarNode) or value.tag != "tag:yaml.org,2002:str" or not value.value.strip():
-            raise ValueError(f"{where}: the description of {name!r} must be non-empty text")
-        personas[name] = " ".join(value.value.split())
+            problems.append(f"{where}: a style name is letters, digits, '_', '.' or '-', got {name!r}")
+        elif name in personas:
+            problems.append(f"{where}: style {name!r} is defined twice")
+        elif description_problem(value) is not None:
+            problems.append(f"{where}: the description of {name!r} {description_problem(value)}")
+        personas[name] = " ".join(value.value.split()) if isinstance(value, yaml.ScalarNode) else ""
+    if problems:
+        raise BadLinesError(path, problems)
     return personas
+
+
+# YAML's name for what a plain (unquoted) value turned out to be, when a description must be text.
+YAML_KINDS = {"tag:yaml.org,2002:int": "a number", "tag:yaml.org,2002:float": "a number",
+              "tag:yaml.org,2002:bool": "true/false", "tag:yaml.org,2002:null": "nothing",
+              "tag:yaml.org,2002:timestamp": "a date"}
+
+
+def description_problem(value: yaml.Node) -> Optional[str]:
+    """What is wrong with a persona description's YAML node, or None for non-empty text."""
+    if isinstance(value, yaml.SequenceNode):
+        return "must be text, got a list"
+    if isinstance(value, yaml.MappingNode):
+        return "must be text, got a mapping"
+    if value.tag in YAML_KINDS and value.value.strip():
+        return f"must be text, got {YAML_KINDS[value.tag]} ({value.value}); put it in quotes to keep it as text"
+    if value.tag != "tag:yaml.org,2002:str" or not value.value.strip():
+        return "must be non-empty text"
+    return None
 
 
 def persona_catalogue(persona_file: Optional[str | os.PathLike] = None) -> dict[str, str]:
@@ -67,7 +96,7 @@ def resolve_style(style: str, catalogue: dict[str, str]) -> str:
     """The catalogue's name for `style` (aliases resolved); an unknown style lists the known ones."""
     name = style if style in catalogue else STYLE_ALIASES.get(style, style)
     if name not in catalogue:
-        raise ValueError(f"Unknown style {style!r}. Known styles: {', '.join(sorted(catalogue))}")
+        raise InputError(f"Unknown style {style!r}. Known styles: {', '.join(sorted(catalogue))}")
     return name
 
 

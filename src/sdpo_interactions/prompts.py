@@ -6,12 +6,15 @@ format the policy never trained on; so the format lives here, in the library, an
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Optional
 
 import datasets
 
-from sdpo_interactions.run_files import iter_jsonl
+from sdpo_interactions.run_files import InputError, read_checked_jsonl
+
+logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPTS = {
     # The authors' TL;DR prompt asks for 1-2 sentences, a "TL;DR:" opening and the summary only.
@@ -47,16 +50,22 @@ def with_last_user_text(messages: list[dict[str, str]], text: str) -> list[dict[
     return out
 
 
-def check_jsonl(path: str) -> None:
-    """Fail with the file and line of the first bad record: datasets' own JSON errors name neither."""
-    for where, record in iter_jsonl(path):
-        if not isinstance(record, dict) or "prompt" not in record:
-            raise ValueError(f'{where}: missing "prompt" field')
-        if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-            raise ValueError(f'{where}: "prompt" must be a non-empty string')
+def prompt_problem(record) -> Optional[str]:
+    """What is wrong with one line of a prompts file, or None."""
+    if not isinstance(record, dict) or "prompt" not in record:
+        return 'missing "prompt" field'
+    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
+        return '"prompt" must be a non-empty string'
+    return None
 
 
-def load_prompt_dataset(
+def check_jsonl(path: str) -> list[str]:
+    """The prompts of a file; every bad line is reported at once with its file and line (datasets' own JSON
+    errors name neither), and an empty file is an error."""
+    return [record["prompt"] for _, record in read_checked_jsonl(path, prompt_problem)]
+
+
+def load_prompt_dataset_with_counts(
     path: str,
     system_prompt: str,
     tokenizer=None,
@@ -64,29 +73,30 @@ def load_prompt_dataset(
     n: Optional[int] = None,
     seed: int = 42,
     chat_template_kwargs: Optional[dict] = None,
-) -> datasets.Dataset:
-    """Load JSONL prompts into TRL's conversational format: a `prompt` column of [system?, user] messages.
+) -> tuple[datasets.Dataset, dict[str, int]]:
+    """Load JSONL prompts into TRL's conversational format (a `prompt` column of [system?, user] messages), with
+    the count of every prompt read, dropped and kept, which is logged too.
 
     Prompts longer than `max_prompt_tokens` (chat-formatted) are dropped, then a seeded shuffle takes `n`.
     """
-    check_jsonl(path)
-    data = datasets.load_dataset("json", data_files=path, split="train")
-    data = data.map(
-        lambda row: {"prompt": prompt_messages(row["prompt"], system_prompt)},
-        remove_columns=data.column_names,
-    )
-    if max_prompt_tokens is not None:
-        if tokenizer is None:
-            raise ValueError("max_prompt_tokens needs a tokenizer")
-        kwargs = chat_template_kwargs or {}
-        data = data.filter(
-            lambda row: len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, **kwargs))
-            <= max_prompt_tokens
-        )
-    if len(data) == 0:
-        raise ValueError(f"{path}: no prompts left after filtering (max_prompt_tokens={max_prompt_tokens})")
-    data = data.shuffle(seed=seed)
-    return data.select(range(min(n, len(data)))) if n is not None else data
+    if max_prompt_tokens is not None and tokenizer is None:
+        raise ValueError("max_prompt_tokens needs a tokenizer")
+    prompts = [prompt_messages(text, system_prompt) for text in check_jsonl(path)]
+    kwargs = chat_template_kwargs or {}
+    kept = [p for p in prompts if max_prompt_tokens is None
+            or len(tokenizer.apply_chat_template(p, add_generation_prompt=True, **kwargs)) <= max_prompt_tokens]
+    counts = {"prompts": len(prompts), "too_long": len(prompts) - len(kept), "kept": len(kept)}
+    logger.info("%s: %s", path, ", ".join(f"{name}={count}" for name, count in counts.items()))
+    if not kept:
+        raise InputError(f"{path}: no prompts left after filtering: all {len(prompts)} are longer than "
+                         f"max_prompt_tokens={max_prompt_tokens}")
+    data = datasets.Dataset.from_dict({"prompt": kept}).shuffle(seed=seed)
+    return (data.select(range(min(n, len(data)))) if n is not None else data), counts
+
+
+def load_prompt_dataset(path: str, system_prompt: str, **options) -> datasets.Dataset:
+    """The prompts of `load_prompt_dataset_with_counts` alone (its counts are logged)."""
+    return load_prompt_dataset_with_counts(path, system_prompt, **options)[0]
 
 
 def prompt_token_limit(max_prompt_tokens: Optional[int], max_prompt_length: Optional[int]) -> Optional[int]:
@@ -94,7 +104,7 @@ def prompt_token_limit(max_prompt_tokens: Optional[int], max_prompt_length: Opti
     if max_prompt_tokens is None:
         return max_prompt_length
     if max_prompt_length is not None and max_prompt_tokens > max_prompt_length:
-        raise ValueError(
+        raise InputError(
             f"--max_prompt_tokens {max_prompt_tokens} exceeds --max_prompt_length {max_prompt_length}: longer "
             "prompts would be truncated at generation; raise --max_prompt_length or lower --max_prompt_tokens"
         )
