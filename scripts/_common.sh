@@ -369,7 +369,7 @@ sdpo_prepare() {
   sdpo_show OUT_DIR DATA_SOURCE
   echo "credentials:"
   sdpo_show_secrets HF_TOKEN
-  local cmd=("${PYTHON:-python}" "$SDPO_ROOT/prepare_data.py" "$TASK" --out_dir "$OUT_DIR")
+  local cmd=("${PYTHON:-python}" "$SDPO_ROOT/prepare_data.py" "$TASK" --output_dir "$OUT_DIR")
   if [[ -n "${DATA_SOURCE:-}" ]]; then
     if [[ ! -f "$DATA_SOURCE" ]]; then
       sdpo_require_dir DATA_SOURCE "a save_to_disk folder, or a folder of parquet/JSON files named by split"

@@ -1,16 +1,23 @@
 """prepare_data.py: the row transforms and filters on hand-written rows in the real source schemas, the output
-format and its stability, the atomic write, and the offline --source path end to end."""
+format and its stability, the atomic write, the offline --source path end to end, and a user's own file checked line
+by line (every bad line named, or skipped on request) with a held-out split that is never silently empty."""
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import pytest
 
 import sdpo_interactions.cli.prepare_data as pdata
+from sdpo_interactions.conversations import held_out_rank
+from sdpo_interactions.run_files import BadLinesError, InputError
 
-REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_SAMPLE = REPO_ROOT / "data" / "sample"
 
 
 def tldr_row(post, *, article=None, row_id="t3_x", split="train"):
@@ -169,7 +176,7 @@ def test_tldr_from_save_to_disk_folder_is_byte_identical_across_runs(tmp_path, i
         .save_to_disk(str(source))
     outs = [tmp_path / "out1", tmp_path / "out2"]
     for out in outs:
-        assert pdata.main(["tldr", "--source", str(source), "--out_dir", str(out)]) == 0
+        assert pdata.main(["tldr", "--source", str(source), "--output_dir", str(out)]) == 0
     for split, expected in (("train", EXPECTED_TLDR_TRAIN), ("validation", EXPECTED_TLDR_VALIDATION)):
         assert (outs[0] / f"{split}.jsonl").read_bytes() == expected.encode("utf-8")
         assert (outs[1] / f"{split}.jsonl").read_bytes() == (outs[0] / f"{split}.jsonl").read_bytes()
@@ -185,7 +192,7 @@ def test_tldr_from_parquet_files(tmp_path, isolated_hf_cache):
     for split, rows in tldr_fixture_splits().items():
         datasets.Dataset.from_list(rows).to_parquet(str(source / f"{split}-00000-of-00001.parquet"))
     out = tmp_path / "out"
-    pdata.main(["tldr", "--source", str(source), "--out_dir", str(out), "--show", "0"])
+    pdata.main(["tldr", "--source", str(source), "--output_dir", str(out), "--show", "0"])
     assert (out / "train.jsonl").read_text(encoding="utf-8") == EXPECTED_TLDR_TRAIN
     assert (out / "validation.jsonl").read_text(encoding="utf-8") == EXPECTED_TLDR_VALIDATION
 
@@ -201,24 +208,24 @@ def test_helpsteer_from_jsonl_files(tmp_path, isolated_hf_cache, capsys):
         with open(source / f"{split}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     out = tmp_path / "out dir"
-    assert pdata.main(["helpsteer", "--source", str(source), "--out_dir", str(out)]) == 0
+    assert pdata.main(["helpsteer", "--source", str(source), "--output_dir", str(out)]) == 0
     assert "train: rows=3, multi_turn=1, empty=0, too_long=0, duplicate=1, kept=1" in capsys.readouterr().out
     assert (out / "train.jsonl").read_text(encoding="utf-8") == '{"prompt": "How do magnets work?"}\n'
     assert (out / "validation.jsonl").read_text(encoding="utf-8") == '{"prompt": "Write a haiku about rain."}\n'
 
 
 def test_source_errors_are_clear(tmp_path, isolated_hf_cache):
-    with pytest.raises(SystemExit, match="not a folder"):
-        pdata.main(["helpsteer", "--source", str(tmp_path / "missing"), "--out_dir", str(tmp_path / "o")])
+    with pytest.raises(InputError, match="not a folder"):
+        pdata.main(["helpsteer", "--source", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")])
     only_train = tmp_path / "only_train"
     datasets.DatasetDict({"train": datasets.Dataset.from_list([helpsteer_row("Q?")])}).save_to_disk(str(only_train))
-    with pytest.raises(SystemExit, match="missing split\\(s\\) validation; found train"):
-        pdata.main(["helpsteer", "--source", str(only_train), "--out_dir", str(tmp_path / "o")])
+    with pytest.raises(InputError, match="missing split\\(s\\) validation; found train"):
+        pdata.main(["helpsteer", "--source", str(only_train), "--output_dir", str(tmp_path / "o")])
     wrong_schema = tmp_path / "wrong_schema"
     datasets.DatasetDict({s: datasets.Dataset.from_list([helpsteer_row("Q?")]) for s in pdata.SPLITS}) \
         .save_to_disk(str(wrong_schema))
-    with pytest.raises(SystemExit, match="lacks column\\(s\\) info"):
-        pdata.main(["tldr", "--source", str(wrong_schema), "--out_dir", str(tmp_path / "o")])
+    with pytest.raises(InputError, match="lacks column\\(s\\) info"):
+        pdata.main(["tldr", "--source", str(wrong_schema), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
 
 
@@ -273,14 +280,14 @@ def test_own_logs_are_prepared_deterministically(tmp_path, capsys):
     logs = tmp_path / "logs.jsonl"
     logs.write_text((REPO_SAMPLE / "conversations.jsonl").read_text())
     for out in ("one", "two"):
-        assert pdata.main(["conversations", "--source", str(logs), "--out_dir", str(tmp_path / out),
+        assert pdata.main(["conversations", "--source", str(logs), "--output_dir", str(tmp_path / out),
                            "--held_out_percent", "30"]) == 0
     for split in ("train", "validation"):
         assert (tmp_path / "one" / f"{split}.jsonl").read_bytes() == (tmp_path / "two" / f"{split}.jsonl").read_bytes()
     lines = [json.loads(line) for s in ("train", "validation") for line in (tmp_path / "one" / f"{s}.jsonl").open()]
     assert len(lines) == 6 and all(set(record) == {"messages"} for record in lines)
     with pytest.raises(SystemExit):
-        pdata.main(["conversations", "--out_dir", str(tmp_path / "x")])  # --source is required for own logs
+        pdata.main(["conversations", "--output_dir", str(tmp_path / "x")])  # --source is required for own logs
 
 
 def test_truncation_marks_drop_the_conversation_and_reaction_marks_are_kept():
@@ -290,3 +297,105 @@ def test_truncation_marks_drop_the_conversation_and_reaction_marks_are_kept():
     splits, counts = pdata.split_conversations([{"messages": m} for m in (ok, cut, marked)], held_out_percent=0.0)
     assert counts["truncated"] == 1
     assert splits["train"] == [ok, marked]  # the reaction mark travels to train_offline.py, which skips that sample
+
+
+# ------------------------------------------------------------------------- a user's own file: checked line by line
+def own_conversation(i):
+    return {"messages": [turn("user", f"question {i}"), turn("assistant", f"answer {i}"), turn("user", f"reply {i}")]}
+
+
+def write_own_logs(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+BAD_OWN_LINES = [
+    "{not json",
+    json.dumps({"messages": [turn("user", "a"), turn("user", "b")]}),
+    json.dumps({"messages": [turn("user", "q"), {"role": "assistant", "content": "a", "truncated": "yes"}]}),
+    json.dumps({"turns": []}),
+]
+
+
+def run_prepare(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "prepare_data.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_every_bad_line_of_an_own_file_is_named_and_the_command_fails(tmp_path):
+    lines = [own_conversation(0), *BAD_OWN_LINES, own_conversation(1)] + ["[]"] * 20
+    logs = write_own_logs(tmp_path / "logs.jsonl", lines)
+    proc = run_prepare("conversations", "--source", logs, "--output_dir", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == "" and not (tmp_path / "out").exists()
+    assert proc.stderr.splitlines() == [
+        f"error: {logs}: 24 bad lines (--skip_bad_lines leaves bad lines out)",
+        f"  {logs}:2: malformed JSON (Expecting property name enclosed in double quotes, column 2)",
+        f"  {logs}:3: message 2 of 2 is 'user' where 'assistant' was due: after an optional system turn, user and "
+        "assistant turns alternate, starting with the user",
+        f"  {logs}:4: message 2 of 2 (assistant): 'truncated' must be true or false",
+        f'  {logs}:5: expected an object with a "messages" list',
+        *[f'  {logs}:{n}: expected an object with a "messages" list' for n in range(7, 23)],
+        "  ... and 4 more",
+    ]
+
+
+def test_skip_bad_lines_leaves_them_out_and_says_how_many_and_why(tmp_path, capsys):
+    logs = write_own_logs(tmp_path / "logs.jsonl", [own_conversation(0), *BAD_OWN_LINES, own_conversation(1)])
+    assert pdata.main(["conversations", "--source", str(logs), "--output_dir", str(tmp_path / "out"),
+                       "--skip_bad_lines", "--held_out_percent", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[:2] == [f"warning: {logs}: 4 bad lines (left out: --skip_bad_lines)",
+                                    f"  {logs}:2: malformed JSON (Expecting property name enclosed in double quotes, "
+                                    "column 2)"]
+    assert "all: bad_lines=4, rows=2," in out
+    kept = [json.loads(line)["messages"] for line in (tmp_path / "out" / "train.jsonl").open()]
+    assert kept == [own_conversation(0)["messages"], own_conversation(1)["messages"]]
+
+
+def test_rows_of_an_own_parquet_file_are_named_by_number(tmp_path):
+    source = tmp_path / "logs.parquet"
+    datasets.Dataset.from_list([own_conversation(0), {"messages": [turn("assistant", "hi"), turn("user", "yo")]}]) \
+        .to_parquet(str(source))
+    with pytest.raises(BadLinesError, match=rf"^{re.escape(str(source))}: row 2: message 1 of 2 is 'assistant'"):
+        pdata.main(["conversations", "--source", str(source), "--output_dir", str(tmp_path / "out")])
+
+
+def test_a_public_dataset_keeps_its_counted_filters(tmp_path, capsys, isolated_hf_cache):
+    source = write_own_logs(tmp_path / "wildchat.jsonl", [
+        {"conversation_id": "a", "language": "English", "conversation": own_conversation(0)["messages"]},
+        {"conversation_id": "b", "language": "English", "conversation": [turn("assistant", "x"), turn("user", "y")]},
+    ])
+    assert pdata.main(["wildchat", "--source", str(source), "--output_dir", str(tmp_path / "out"),
+                       "--held_out_percent", "0"]) == 0
+    assert "rows=2, unreadable=0, language=0, toxic=0, redacted=0, empty_turn=0, truncated=0, roles_out_of_order=1" \
+        in capsys.readouterr().out
+
+
+def test_a_small_file_still_gets_a_held_out_conversation(tmp_path, capsys):
+    """2% of twelve conversations is none: one is held out anyway (the nearest by its hash), and said so."""
+    logs = write_own_logs(tmp_path / "logs.jsonl", [own_conversation(i) for i in range(12)])
+    assert pdata.main(["conversations", "--source", str(logs), "--output_dir", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "held_out_to_fill_validation=1, kept_train=11, kept_validation=1" in out
+    assert "one is held out so that validation.jsonl is not empty" in err
+    held_out = (tmp_path / "out" / "validation.jsonl").read_text()
+    keys = [json.dumps(own_conversation(i)["messages"], ensure_ascii=False) for i in range(12)]
+    assert held_out == json.dumps({"messages": own_conversation(min(range(12), key=lambda i: held_out_rank(keys[i])))
+                                   ["messages"]}) + "\n"
+
+
+def test_an_empty_held_out_split_is_not_silent(tmp_path, capsys):
+    logs = write_own_logs(tmp_path / "logs.jsonl", [own_conversation(0)])
+    assert pdata.main(["conversations", "--source", str(logs), "--output_dir", str(tmp_path / "out")]) == 0
+    assert (f"warning: {tmp_path / 'out' / 'validation.jsonl'} is empty: 1 conversation(s) kept, too few to hold "
+            "one out") in capsys.readouterr().err
+    assert (tmp_path / "out" / "validation.jsonl").read_text() == ""
+
+
+def test_out_dir_is_a_deprecated_alias_of_output_dir(tmp_path, capsys):
+    logs = write_own_logs(tmp_path / "logs.jsonl", [own_conversation(i) for i in range(3)])
+    assert pdata.main(["conversations", "--source", str(logs), "--out_dir", str(tmp_path / "old")]) == 0
+    assert "warning: --out_dir is deprecated; use --output_dir" in capsys.readouterr().err
+    assert (tmp_path / "old" / "train.jsonl").is_file()
+    with pytest.raises(InputError, match="pass --output_dir only"):
+        pdata.main(["conversations", "--source", str(logs), "--out_dir", "a", "--output_dir", "b"])

@@ -318,12 +318,12 @@ def test_prepare_dry_run_defaults_and_overrides(task, tmp_path):
     proc = run(script, "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0
     argv = printed_command(proc.stdout)
-    assert argv == ["python", str(REPO / "prepare_data.py"), task, "--out_dir", str(REPO / default_dir)]
+    assert argv == ["python", str(REPO / "prepare_data.py"), task, "--output_dir", str(REPO / default_dir)]
     source = tmp_path / "local copy"
     source.mkdir()
     env = {"OUT_DIR": str(tmp_path / "out dir"), "DATA_SOURCE": str(source), "PYTHON": "/usr/bin/python3"}
     proc = run(script, "--dry-run", "--", "--show", "5", env=env, cwd=tmp_path)
-    assert printed_command(proc.stdout) == ["/usr/bin/python3", str(REPO / "prepare_data.py"), task, "--out_dir",
+    assert printed_command(proc.stdout) == ["/usr/bin/python3", str(REPO / "prepare_data.py"), task, "--output_dir",
                                             env["OUT_DIR"], "--source", str(source), "--show", "5"]
     proc = run(script, env={"DATA_SOURCE": str(tmp_path / "missing")}, cwd=tmp_path)
     assert proc.returncode == 1 and "DATA_SOURCE: no such folder" in proc.stderr
