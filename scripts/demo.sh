@@ -32,10 +32,10 @@ train=("$PYTHON" "$SDPO_ROOT/train.py"
   --max_prompt_length 384 --max_completion_length 32 --temperature 1.0
   --logging_steps 1 --save_steps 2 --token_log_samples 4 --seed 42
   --bf16 false --gradient_checkpointing false --report_to none "${PASSTHROUGH[@]}")
-report=("$PYTHON" "$SDPO_ROOT/scripts/demo_report.py" "$OUT_DIR")
 heatmap=("$PYTHON" "$SDPO_ROOT/visualize_signal.py" log --token_log "$OUT_DIR/token_logps.jsonl"
-  --out_dir "$OUT_DIR/signal")
+  --output_dir "$OUT_DIR/signal")
+report=("$PYTHON" "$SDPO_ROOT/scripts/demo_report.py" "$OUT_DIR")
 
 echo "settings:"
 sdpo_show OUT_DIR STYLE MAX_STEPS MODEL_DIR PYTHON
-sdpo_run_demo train report heatmap
+sdpo_run_demo train heatmap report

@@ -28,8 +28,9 @@ train=("$PYTHON" "$SDPO_ROOT/train_offline.py" --train_jsonl "$SDPO_ROOT/data/sa
   --max_prompt_length 512 --max_completion_length 256 --logging_steps 1 --save_steps 2 --token_log_samples 2
   --seed 42 --bf16 false --gradient_checkpointing false --report_to none "${PASSTHROUGH[@]}")
 heatmap=("$PYTHON" "$SDPO_ROOT/visualize_signal.py" log --token_log "$OUT_DIR/token_logps.jsonl"
-  --out_dir "$OUT_DIR/signal")
+  --output_dir "$OUT_DIR/signal")
+report=("$PYTHON" "$SDPO_ROOT/scripts/demo_report.py" "$OUT_DIR")
 
 echo "settings:"
 sdpo_show OUT_DIR MAX_STEPS MODEL_DIR PYTHON
-sdpo_run_demo train heatmap
+sdpo_run_demo train heatmap report

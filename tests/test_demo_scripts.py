@@ -1,4 +1,5 @@
-"""The lead's two helper scripts: the embedded-model conversion and the demo, through their dry runs."""
+"""The lead's two helper scripts: the embedded-model conversion and the demo, through their dry runs; and the demo's
+summary (scripts/demo_report.py) of a real offline run."""
 
 import shlex
 import subprocess
@@ -25,13 +26,14 @@ def test_demo_dry_run_prints_train_report_and_heatmap_commands(tmp_path):
     proc = run("demo.sh", "--dry-run", "--", "--learning_rate", "1e-4",
                env={"OUT_DIR": str(out), "STYLE": "poetic", "MAX_STEPS": "3", "PYTHON": "py"})
     assert proc.returncode == 0, proc.stderr
-    train, report, heatmap = commands(proc.stdout)
+    train, heatmap, report = commands(proc.stdout)
     assert train[:2] == ["py", str(REPO / "train.py")]
     assert train[train.index("--output_dir") + 1] == str(out)
     assert train[train.index("--style") + 1] == "poetic" and train[train.index("--max_steps") + 1] == "3"
     assert train[train.index("--user_model_name_or_path") + 1] == train[train.index("--model_name_or_path") + 1]
     assert train[-2:] == ["--learning_rate", "1e-4"]
     assert report[-1] == str(out) and heatmap[heatmap.index("--token_log") + 1] == str(out / "token_logps.jsonl")
+    assert heatmap[heatmap.index("--output_dir") + 1] == str(out / "signal")  # the name every command uses
     assert not out.exists()
 
 
