@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared by the scripts in scripts/ (sourced, never run): option parsing, printing, checks, the launcher and the
-# train.py command both training scripts build. Commands are bash arrays, printed with printf %q and never re-parsed by the shell.
+# train.py command both training scripts build. Commands are bash arrays, printed with sdpo_quote (pasteable) and never
+# re-parsed by the shell.
 # Secrets (ANTHROPIC_API_KEY, USER_API_KEY, WANDB_API_KEY, HF_TOKEN) are only ever reported as "set" or "not set".
 
 SDPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,6 +9,21 @@ SDPO_SCRIPT="$(basename "$0")"
 DRY_RUN=0
 PASSTHROUGH=()
 EXPORTED=()
+
+# One word as a shell reads it back: bare when it holds only characters no shell treats specially (the set Python's
+# shlex.quote leaves bare), else in single quotes with each ' inside written '\''. So 4,5,6,7 prints as it is
+# and "2 6" as '2 6', where printf %q wrote 4\,5\,6\,7 and 2\ 6.
+sdpo_quote() {
+  local safe='^[A-Za-z0-9_@%+=:,./-]+$'
+  if [[ "$1" =~ $safe ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+
+# The words quoted and joined by spaces, one line: a command to paste.
+sdpo_quote_words() {
+  local word sep=""
+  for word in "$@"; do printf '%s' "$sep"; sdpo_quote "$word"; sep=" "; done
+  printf '\n'
+}
 
 sdpo_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 sdpo_usage_error() { printf '%s: %s\n' "$SDPO_SCRIPT" "$*" >&2; usage >&2; exit 2; }
@@ -20,7 +36,7 @@ sdpo_parse_args() {
       --dry-run) DRY_RUN=1 ;;
       -h | --help) usage; exit 0 ;;
       --) shift; PASSTHROUGH=("$@"); return 0 ;;
-      *) sdpo_usage_error "unknown option: $(printf '%q' "$1") (arguments for the Python program go after --)" ;;
+      *) sdpo_usage_error "unknown option: $(sdpo_quote "$1") (arguments for the Python program go after --)" ;;
     esac
     shift
   done
@@ -31,7 +47,7 @@ sdpo_secret_state() { if [[ -n "${!1:-}" ]]; then echo "set"; else echo "not set
 # Print NAME=value for each variable, shell-quoted so a line can be pasted back as an assignment.
 sdpo_show() {
   local name
-  for name in "$@"; do printf '  %s=%q\n' "$name" "${!name-}"; done
+  for name in "$@"; do printf '  %s=%s\n' "$name" "$(sdpo_quote "${!name-}")"; done
 }
 
 sdpo_show_secrets() {
@@ -74,12 +90,10 @@ sdpo_print_command() {
   local name
   if ((${#EXPORTED[@]})); then
     echo "environment:"
-    for name in "${EXPORTED[@]}"; do printf '  export %s=%q\n' "$name" "${!name}"; done
+    for name in "${EXPORTED[@]}"; do printf '  export %s=%s\n' "$name" "$(sdpo_quote "${!name}")"; done
   fi
   echo "command:"
-  printf '%q' "$1"
-  printf ' %q' "${@:2}"
-  printf '\n'
+  sdpo_quote_words "$@"
   if ((DRY_RUN)); then
     echo "dry run: nothing was executed"
     exit 0
@@ -94,7 +108,7 @@ sdpo_print_and_run() {
 sdpo_require_positive() {
   local name
   for name in "$@"; do
-    [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "$name must be a positive integer, got $(printf '%q' "${!name}")"
+    [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || sdpo_usage_error "$name must be a positive integer, got $(sdpo_quote "${!name}")"
   done
 }
 
@@ -135,7 +149,7 @@ sdpo_serve_until_stopped() {
   done
   echo "$what ready; train with:"
   printf ' '
-  while (($#)); do printf ' %s=%q' "$1" "$2"; shift 2; done
+  while (($#)); do printf ' %s=%s' "$1" "$(sdpo_quote "$2")"; shift 2; done
   printf '\n'
   wait "$server"
 }
@@ -176,7 +190,7 @@ sdpo_launcher() {
   : "${NUM_MACHINES:=1}" "${MACHINE_RANK:=0}" "${MAIN_PROCESS_PORT:=29500}"
   sdpo_require_positive WORLD_SIZE NUM_MACHINES MAIN_PROCESS_PORT
   if [[ ! "$MACHINE_RANK" =~ ^[0-9]+$ ]] || ((MACHINE_RANK >= NUM_MACHINES)); then
-    sdpo_usage_error "MACHINE_RANK must be 0 to $((NUM_MACHINES - 1)) for NUM_MACHINES=$NUM_MACHINES, got $(printf '%q' "$MACHINE_RANK")"
+    sdpo_usage_error "MACHINE_RANK must be 0 to $((NUM_MACHINES - 1)) for NUM_MACHINES=$NUM_MACHINES, got $(sdpo_quote "$MACHINE_RANK")"
   fi
   if ((WORLD_SIZE == 1)); then
     if ((NUM_MACHINES > 1)); then sdpo_usage_error "NUM_MACHINES=$NUM_MACHINES needs WORLD_SIZE > 1"; fi
@@ -226,49 +240,33 @@ sdpo_vllm() {
       fi
       VLLM_ARGS=(--use_vllm true --vllm_mode server --vllm_server_base_url "$VLLM_SERVER_URL")
       ;;
-    *) sdpo_usage_error "USE_VLLM must be colocate or server (or unset: transformers generates), got $(printf '%q' "$USE_VLLM")" ;;
+    *) sdpo_usage_error "USE_VLLM must be colocate or server (or unset: transformers generates), got $(sdpo_quote "$USE_VLLM")" ;;
   esac
 }
 
-# With WANDB_API_KEY the run reports to wandb online; without it wandb runs offline (unless WANDB_MODE says
+# wandb writes its files into the run folder, <OUTPUT_DIR>/wandb (WANDB_DIR, unless it is set), not the current
+# folder. With WANDB_API_KEY the run reports to wandb online; without it wandb runs offline (unless WANDB_MODE says
 # otherwise), so a missing key never crashes a run and the logs can be uploaded later with `wandb sync`.
 sdpo_wandb() {
   sdpo_export WANDB_PROJECT "$WANDB_PROJECT"
+  sdpo_export WANDB_DIR "${WANDB_DIR:-$OUTPUT_DIR}"
   if [[ -z "${WANDB_API_KEY:-}" && -z "${WANDB_MODE:-}" ]]; then
     sdpo_export WANDB_MODE offline
-    echo "WANDB_API_KEY is not set: wandb runs offline (upload later with: wandb sync <run folder>/wandb)"
+    echo "WANDB_API_KEY is not set: wandb runs offline (upload later with: wandb sync $(sdpo_quote "$WANDB_DIR/wandb")/offline-run-*)"
   fi
 }
 
-# SAVE_STEPS defaults to the recipe's save_steps, so the printed schedule and the run agree.
-sdpo_recipe_save_steps() {
-  if [[ -f "$RECIPE" ]]; then awk -F': *' '$1 == "save_steps" { print $2; exit }' "$RECIPE"; fi
-}
-
-# What the settings give, with the recipe's one epoch and one answer per prompt: TRL drops an incomplete last
-# generation batch, so steps = TRAIN_N // (BS * GA * WORLD_SIZE); a checkpoint every SAVE_STEPS steps and at the end.
+# The step schedule these variables give, with the flags after -- and the recipe under them: steps, interactions and
+# checkpoint steps, computed by sdpo_interactions.schedule, the code the run logs its own schedule with.
 sdpo_schedule() {
-  : "${SAVE_STEPS:=$(sdpo_recipe_save_steps)}"
-  local name
-  if [[ -z "${TRAIN_N:-}" ]]; then
-    echo "schedule: TRAIN_N unset: every sample is used, BS x GA x WORLD_SIZE = $((BS * GA * WORLD_SIZE)) a step;" \
-      "the number of samples is logged at the start"
-    return 0
-  fi
-  for name in TRAIN_N BS GA WORLD_SIZE SAVE_STEPS; do
-    if [[ ! "${!name:-}" =~ ^[1-9][0-9]*$ ]]; then
-      echo "schedule: n/a ($name=$(printf '%q' "${!name:-}") is not a positive integer)"
-      return 0
-    fi
-  done
-  local per_step=$((BS * GA * WORLD_SIZE)) steps checkpoints=() step
-  steps=$((TRAIN_N / per_step))
-  for ((step = SAVE_STEPS; step <= steps; step += SAVE_STEPS)); do checkpoints+=("$step"); done
-  if ((steps > 0)) && ((steps % SAVE_STEPS)); then checkpoints+=("$steps"); fi
-  echo "schedule: $per_step interactions per step (BS=$BS x GA=$GA x WORLD_SIZE=$WORLD_SIZE answers, one user reply each)"
-  echo "  TRAIN_N=$TRAIN_N prompts -> $steps steps, $((steps * per_step)) interactions in one epoch"
-  echo "  checkpoints at steps: ${checkpoints[*]:-none} (every SAVE_STEPS=$SAVE_STEPS and the last step)"
-  if ((steps == 0)); then sdpo_warn "TRAIN_N=$TRAIN_N is less than one step of $per_step answers: nothing would train"; fi
+  local samples=prompts
+  if [[ "${ENTRY:-}" == train_offline.py ]]; then samples=samples; fi
+  local args=(--world_size "$WORLD_SIZE" --samples_name "$samples" --config "$RECIPE"
+    --per_device_train_batch_size "$BS" --gradient_accumulation_steps "$GA")
+  if [[ -n "${TRAIN_N:-}" ]]; then args+=(--train_n "$TRAIN_N"); fi
+  if [[ -n "${SAVE_STEPS:-}" ]]; then args+=(--save_steps "$SAVE_STEPS"); fi
+  "${PYTHON:-python}" -m sdpo_interactions.schedule "${args[@]}" "${PASSTHROUGH[@]}" ||
+    echo "schedule: n/a ($(sdpo_quote "${PYTHON:-python}") -m sdpo_interactions.schedule failed: see above)"
 }
 
 # The whole training launch, shared by the online scripts (train_online_sdpo_tldr.sh, train_online_sdpo.sh) and
@@ -291,7 +289,6 @@ sdpo_train() {
     fi
   fi
 
-  : "${SAVE_STEPS:=$(sdpo_recipe_save_steps)}"
   echo "settings:"
   sdpo_launcher
   sdpo_show MODEL_NAME_OR_PATH "${SHOWN_MODE_VARS[@]}" LR BS GA WORLD_SIZE ACCELERATE_CONFIG NUM_MACHINES \
@@ -314,7 +311,8 @@ sdpo_train() {
   done
   cmd+=(--seed "$SEED" --max_prompt_tokens "$MAX_PROMPT_TOKENS" --model_name_or_path "$MODEL_NAME_OR_PATH"
     "${MODE_ARGS[@]}" --learning_rate "$LR" --per_device_train_batch_size "$BS" --gradient_accumulation_steps "$GA"
-    --save_steps "$SAVE_STEPS" --output_dir "$OUTPUT_DIR" --report_to wandb --run_name "$WANDB_NAME")
+    --output_dir "$OUTPUT_DIR" --report_to wandb --run_name "$WANDB_NAME")
+  if [[ -n "${SAVE_STEPS:-}" ]]; then cmd+=(--save_steps "$SAVE_STEPS"); fi
   if [[ -n "${RESUME_FROM_CHECKPOINT:-}" ]]; then cmd+=(--resume_from_checkpoint "$RESUME_FROM_CHECKPOINT"); fi
   cmd+=("${PASSTHROUGH[@]}")
   sdpo_print_and_run "${cmd[@]}"
@@ -386,7 +384,7 @@ sdpo_run_demo() {
   echo "commands:"
   for name in "$@"; do
     local -n shown=$name
-    printf '%q' "${shown[0]}"; printf ' %q' "${shown[@]:1}"; printf '\n'
+    sdpo_quote_words "${shown[@]}"
   done
   if ((DRY_RUN)); then
     echo "dry run: nothing was executed"

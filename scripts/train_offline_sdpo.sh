@@ -26,12 +26,13 @@ USAGE
                            ./runs/sdpo-offline-runs/<run-id> in the repository)
   RESUME_FROM_CHECKPOINT   checkpoint folder to resume from, or "last" for the newest in OUTPUT_DIR (unset)
   WANDB_PROJECT, WANDB_NAME  wandb project (sdpo-offline) and run name (RUN_ID); offline without WANDB_API_KEY
+  WANDB_DIR                where wandb writes its files: <WANDB_DIR>/wandb (OUTPUT_DIR)
   PYTHON                   python used when WORLD_SIZE=1 (python)
 Options:
   --dry-run   print the settings, the schedule and the exact command, run nothing
   -h, --help  this help
 
-With the variables as set now (the recipe runs 2 epochs; the schedule below counts one):
+With the variables as set now:
 USAGE
   sdpo_schedule
 }

@@ -34,6 +34,7 @@ USAGE
                            ./runs/sdpo-runs/<run-id> in the repository)
   RESUME_FROM_CHECKPOINT   checkpoint folder to resume from, or "last" for the newest in OUTPUT_DIR (unset)
   WANDB_PROJECT, WANDB_NAME  wandb project (sdpo-helpsteer2) and run name (RUN_ID); offline without WANDB_API_KEY
+  WANDB_DIR                where wandb writes its files: <WANDB_DIR>/wandb (OUTPUT_DIR)
   PYTHON                   python used when WORLD_SIZE=1 (python)
 Options:
   --dry-run   print the settings, the schedule and the exact command, run nothing

@@ -37,8 +37,8 @@ def test_the_evaluation_defaults_find_every_checkpoint_the_training_defaults_sav
     passthrough = ["--", "--user_max_new_tokens", "8", "--report_to", "none", "--token_log_samples", "0"]
     plan = script("train_online_sdpo_tldr.sh", train_env, "--dry-run", *passthrough)
     assert plan.returncode == 0, plan.stderr
-    assert "TRAIN_N=6 prompts -> 3 steps, 6 interactions in one epoch" in plan.stdout
-    assert "checkpoints at steps: 2 3 (every SAVE_STEPS=2" in plan.stdout
+    assert "6 prompts -> 3 steps an epoch, 3 steps in all (1 epoch), 6 interactions" in plan.stdout
+    assert "checkpoints at steps: 2 3 (every 2 steps and the last step)" in plan.stdout
 
     trained = script("train_online_sdpo_tldr.sh", train_env, *passthrough)
     assert trained.returncode == 0, trained.stderr[-3000:]

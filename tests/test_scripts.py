@@ -1,8 +1,10 @@
 """The shell scripts in scripts/: dry runs (defaults and every override visible in the printed command), the
-launcher choice, quoting of awkward paths, secrets, usage errors, missing inputs, and the recipes they pass.
+launcher choice, quoting of awkward paths, secrets, usage errors, missing inputs, the recipes they pass, the
+printed schedule and where wandb writes.
 
 Nothing here trains: dry runs execute nothing, and the real-run checks point PYTHON / `accelerate` at a small
-recorder program that writes down the argv and environment it was started with."""
+recorder program that writes down the argv and environment it was started with (and runs the schedule printout,
+`python -m sdpo_interactions.schedule`, for real)."""
 
 import dataclasses
 import json
@@ -30,7 +32,7 @@ SCRIPT_VARS = [
     "USER_API_BASE", "USER_API_MODEL", "USER_API_KEY", "USER_GPUS", "USER_TP", "HOST", "PORT", "USER_MAX_MODEL_LEN",
     "USER_GPU_MEMORY_UTILIZATION", "HEALTH_TIMEOUT", "VLLM", "CUDA_VISIBLE_DEVICES", "NUM_MACHINES", "MACHINE_RANK",
     "MAIN_PROCESS_IP", "MAIN_PROCESS_PORT", "USE_VLLM", "VLLM_TP", "VLLM_GPU_MEMORY_UTILIZATION", "VLLM_SERVER_URL",
-    "VLLM_GPUS", "VLLM_MAX_MODEL_LEN", "TRL",
+    "VLLM_GPUS", "VLLM_MAX_MODEL_LEN", "TRL", "WANDB_DIR",
 ]
 TRAINING = {
     "tldr": dict(script="train_online_sdpo_tldr.sh", recipe="recipes/tldr.yaml", runs="sdpo-tldr-runs",
@@ -50,9 +52,14 @@ SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-MARKER-a1b2c3", "WANDB_API_KEY": "wandb-
 
 RECORDER = f"""#!{sys.executable}
 import json, os, sys
+if sys.argv[1:3] == ["-m", "sdpo_interactions.schedule"]:
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 with open(os.environ["RECORD_TO"], "w") as f:
-    json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_PROJECT")}}}}, f)
+    json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_PROJECT",
+                                                                           "WANDB_DIR")}}}}, f)
 """
+# The python the scripts print the schedule with: this one, which has the package (a bare `python` may not).
+WITH_PACKAGE = {"PYTHON": sys.executable}
 
 
 def run(script, *args, env=None, cwd=None):
@@ -139,7 +146,8 @@ def test_training_dry_run_defaults(experiment, tmp_path):
         assert "--user_model_name_or_path" not in f and "--claude_model" not in f
         assert "ANTHROPIC_API_KEY is not set" in proc.stderr
     assert "SCRATCH is not set" in proc.stdout
-    assert exported(proc.stdout) == {"WANDB_PROJECT": spec["project"], "WANDB_MODE": "offline"}
+    assert exported(proc.stdout) == {"WANDB_PROJECT": spec["project"], "WANDB_MODE": "offline",
+                                     "WANDB_DIR": f["--output_dir"]}
     assert proc.stdout.count("wandb runs offline") == 1
     if not (REPO / PREPARE[experiment][1] / "train.jsonl").exists():  # not prepared yet: named with its maker
         assert f"(make it with {spec['prepare']})" in proc.stderr
@@ -155,7 +163,7 @@ def test_training_dry_run_shows_every_override(experiment, tmp_path, data_files)
            "GA": "7", "WORLD_SIZE": "8", "TRAIN_N": "11", "EVAL_N": "5", "SEED": "123", "MAX_PROMPT_TOKENS": "300",
            "SYSTEM_PROMPT": "general" if experiment == "tldr" else "tldr", "RECIPE": str(recipe),
            "RUN_ID": "run-17", "SCRATCH": str(tmp_path / "scratch"), "RESUME_FROM_CHECKPOINT": "last",
-           "WANDB_PROJECT": "my-project", "WANDB_NAME": "my-wandb-name", "ANTHROPIC_API_KEY": "k"}
+           "WANDB_PROJECT": "my-project", "WANDB_NAME": "my-wandb-name", "ANTHROPIC_API_KEY": "k", **WITH_PACKAGE}
     if experiment == "tldr":
         env["USER_MODEL_NAME_OR_PATH"] = "/models/user-y"
     else:
@@ -179,7 +187,8 @@ def test_training_dry_run_shows_every_override(experiment, tmp_path, data_files)
     else:
         assert f["--claude_model"] == "claude-test-model"
     assert exported(proc.stdout)["WANDB_PROJECT"] == "my-project"
-    assert "SCRATCH is not set" not in proc.stdout and proc.stderr == ""
+    assert "SCRATCH is not set" not in proc.stdout  # and the only warning is the schedule's, for 11 of 3 x 7 x 8:
+    assert proc.stderr == "warning: 11 prompts are less than one generation batch of 168: nothing would train\n"
 
     proc = run(spec["script"], "--dry-run", env={**env, "OUTPUT_DIR": "/elsewhere/out"}, cwd=tmp_path)
     assert flags(printed_command(proc.stdout))["--output_dir"] == "/elsewhere/out"
@@ -229,6 +238,28 @@ def test_paths_with_spaces_and_quotes_survive(tmp_path):
     assert argv[-2:] == extra
 
 
+def test_quoting_leaves_safe_words_bare_and_pastes_back_exactly():
+    words = ["plain", "4,5,6,7", "/a/b-c_d.e:f=g@h%i+j", "2 6", "", "it's", 'say "hi"', "$HOME", "`id`", "a\tb",
+             "line\nbreak", "*.json", "~/x", "x;y", "é", "!x", "back\\slash", "--flag=a b"]
+    quote = subprocess.run(["bash", "-c", f'source {SCRIPTS / "_common.sh"}; sdpo_quote_words "$@"', "quote", *words],
+                           capture_output=True, text=True, check=True)
+    line = quote.stdout.removesuffix("\n")
+    assert line.startswith("plain 4,5,6,7 /a/b-c_d.e:f=g@h%i+j '2 6' '' 'it'\\''s' ")  # no 4\,5\,6\,7 nor 2\ 6
+    pasted = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True, text=True, check=True)
+    assert pasted.stdout.split("\0")[:-1] == words
+    assert shlex.split(line) == words
+
+
+def test_wandb_writes_into_the_run_folder_unless_wandb_dir_is_set(tmp_path, data_files):
+    env = {**data_files, "OUTPUT_DIR": str(tmp_path / "my run")}
+    proc = run("train_online_sdpo_tldr.sh", "--dry-run", env=env, cwd=tmp_path)
+    assert exported(proc.stdout)["WANDB_DIR"] == env["OUTPUT_DIR"]
+    assert f"upload later with: wandb sync '{tmp_path}/my run/wandb'/offline-run-*)" in proc.stdout
+    proc = run("train_online_sdpo_tldr.sh", "--dry-run", env={**env, "WANDB_DIR": "/shared/wandb"}, cwd=tmp_path)
+    assert exported(proc.stdout)["WANDB_DIR"] == "/shared/wandb"
+    assert "wandb sync /shared/wandb/wandb/offline-run-*)" in proc.stdout
+
+
 def test_arguments_after_double_dash_pass_through_in_order(tmp_path, data_files):
     proc = run("train_online_sdpo.sh", "--dry-run", "--", "--logging_steps", "5", "--dry-run", "--bf16", "false",
                env=data_files, cwd=tmp_path)
@@ -245,7 +276,7 @@ def test_real_run_executes_exactly_the_printed_command(tmp_path, data_files, rec
         got = json.loads(record.read_text())
         printed = printed_command(proc.stdout)
         assert printed[0] == launcher and got["argv"] == printed[1:]
-        assert got["env"] == {"WANDB_MODE": "offline", "WANDB_PROJECT": "sdpo-tldr"}
+        assert got["env"] == {"WANDB_MODE": "offline", "WANDB_PROJECT": "sdpo-tldr", "WANDB_DIR": str(tmp_path / "o p")}
     assert not (tmp_path / "o p").exists()  # the launch creates nothing itself; train.py makes OUTPUT_DIR
 
 
@@ -398,20 +429,41 @@ def test_printed_command_parses_with_train_py(experiment, tmp_path):
 def test_dry_run_and_help_state_steps_interactions_and_checkpoints(experiment, env, steps, interactions,
                                                                      checkpoints, tmp_path):
     script = TRAINING[experiment]["script"]
+    env = {"OUTPUT_DIR": str(tmp_path), **WITH_PACKAGE, **env}
     for args in (["--dry-run"], ["--help"]):
-        result = run(script, *args, env={"OUTPUT_DIR": str(tmp_path), **env})
+        result = run(script, *args, env=env)
         assert result.returncode == 0, result.stderr
-        assert f"-> {steps} steps, {interactions} interactions in one epoch" in result.stdout
+        assert f"prompts -> {steps} steps an epoch, {steps} steps in all (1 epoch), {interactions} interactions" in (
+            result.stdout)
         assert f"checkpoints at steps: {checkpoints} (every" in result.stdout
-    save_steps = env.get("SAVE_STEPS", "3")
-    argv = printed_command(run(script, "--dry-run", env={"OUTPUT_DIR": str(tmp_path), **env}).stdout)
-    assert argv[argv.index("--save_steps") + 1] == save_steps
+    argv = printed_command(run(script, "--dry-run", env=env).stdout)
+    # SAVE_STEPS unset leaves save_steps to the recipe, as the schedule read it.
+    assert argv[argv.index("--save_steps") + 1] == env["SAVE_STEPS"] if "SAVE_STEPS" in env else "--save_steps" not in argv
+
+
+def test_schedule_counts_answers_per_prompt_epochs_and_max_steps_from_recipe_and_flags(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("num_train_epochs: 2\nsave_steps: 5\nnum_generations: 2\n")
+    env = {"OUTPUT_DIR": str(tmp_path), "RECIPE": str(recipe), **WITH_PACKAGE}
+    # 32 answers a step are 16 prompts x 2: 256 prompts make 16 steps an epoch, 32 in two.
+    proc = run("train_online_sdpo_tldr.sh", "--dry-run", env=env)
+    assert "256 prompts -> 16 steps an epoch, 32 steps in all (2 epochs), 1024 interactions" in proc.stdout
+    assert "checkpoints at steps: 5 10 15 20 25 30 32 (every 5 steps" in proc.stdout
+    proc = run("train_online_sdpo_tldr.sh", "--dry-run", "--", "--max_steps", "7", "--num_generations", "4", env=env)
+    assert "256 prompts -> 32 steps an epoch, 7 steps in all (0.219 epochs), 224 interactions" in proc.stdout
 
 
 def test_schedule_warns_when_train_n_is_less_than_a_step(tmp_path):
-    result = run("train_online_sdpo_tldr.sh", "--dry-run", env={"OUTPUT_DIR": str(tmp_path), "TRAIN_N": "10"})
+    result = run("train_online_sdpo_tldr.sh", "--dry-run", env={"OUTPUT_DIR": str(tmp_path), "TRAIN_N": "10",
+                                                                 **WITH_PACKAGE})
     assert result.returncode == 0 and "nothing would train" in result.stderr
-    assert "-> 0 steps, 0 interactions" in result.stdout and "checkpoints at steps: none" in result.stdout
+    assert "-> 0 steps an epoch, 0 steps in all" in result.stdout and "checkpoints at steps: none" in result.stdout
+
+
+def test_schedule_without_the_package_costs_only_the_printout(tmp_path):
+    result = run("train_online_sdpo_tldr.sh", "--dry-run", env={"OUTPUT_DIR": str(tmp_path), "PYTHON": "false"})
+    assert result.returncode == 0 and "schedule: n/a (false -m sdpo_interactions.schedule failed" in result.stdout
+    assert "dry run: nothing was executed" in result.stdout
 
 
 # ------------------------------------------------------------------------------------------------ offline
@@ -423,11 +475,14 @@ def test_offline_dry_run_has_the_authors_settings_and_parses_with_train_offline(
     import sdpo_interactions.cli.train_offline as train_offline
 
     env = {"TRAIN_JSONL": str(REPO / "data/sample/conversations.jsonl"), "OUTPUT_DIR": str(tmp_path / "out")}
-    proc = run("train_offline_sdpo.sh", "--dry-run", env=env)
+    proc = run("train_offline_sdpo.sh", "--dry-run", env={**env, **WITH_PACKAGE})
     assert proc.returncode == 0, proc.stderr
     argv = printed_command(proc.stdout)
     assert argv[:5] == ["accelerate", "launch", "--num_processes", "4", str(REPO / "train_offline.py")]
-    assert "TRAIN_N unset: every sample is used, BS x GA x WORLD_SIZE = 128 a step" in proc.stdout
+    assert "schedule: 128 interactions a step (4 answers a process x 8 accumulation steps x 4 processes" in proc.stdout
+    assert "the number of samples is known once the data is loaded" in proc.stdout
+    proc = run("train_offline_sdpo.sh", "--dry-run", env={**env, **WITH_PACKAGE, "TRAIN_N": "1000"})
+    assert "1000 samples -> 7 steps an epoch, 14 steps in all (2 epochs)" in proc.stdout  # the recipe's 2 epochs
     one = printed_command(run("train_offline_sdpo.sh", "--dry-run", "--", "--use_cpu", "true",
                               env={**env, "WORLD_SIZE": "1", "TRAIN_N": "64"}).stdout)
     script_args, config, model_args = TrlParser(train_offline.ARGUMENTS).parse_args_and_config(
@@ -444,7 +499,9 @@ def test_offline_demo_dry_run(tmp_path):
     proc = run("demo_offline.sh", "--dry-run", env={"OUT_DIR": str(tmp_path / "demo"), "PYTHON": "py"})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    train, heatmap = (shlex.split(line) for line in lines[lines.index("commands:") + 1:][:2])
+    train, heatmap, report = (shlex.split(line) for line in lines[lines.index("commands:") + 1:][:3])
     assert train[:2] == ["py", str(REPO / "train_offline.py")]
     assert train[train.index("--train_jsonl") + 1] == str(REPO / "data/sample/conversations.jsonl")
     assert heatmap[heatmap.index("--token_log") + 1] == str(tmp_path / "demo" / "token_logps.jsonl")
+    assert heatmap[heatmap.index("--output_dir") + 1] == str(tmp_path / "demo" / "signal")
+    assert report == ["py", str(REPO / "scripts" / "demo_report.py"), str(tmp_path / "demo")]  # it ends with a summary

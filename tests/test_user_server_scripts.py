@@ -57,7 +57,7 @@ def test_serve_dry_run_is_the_vllm_command_of_the_8_gpu_layout(tmp_path):
         "--port", "8000", "--data-parallel-size", "4", "--tensor-parallel-size", "1", "--enable-prefix-caching",
         "--generation-config", "vllm", "--max-model-len", "4096", "--gpu-memory-utilization", "0.90",
         "--seed", "1"]
-    assert "export CUDA_VISIBLE_DEVICES=4\\,5\\,6\\,7" in proc.stdout and "USER_API_KEY: set" in proc.stdout
+    assert "export CUDA_VISIBLE_DEVICES=4,5,6,7" in proc.stdout and "USER_API_KEY: set" in proc.stdout
     assert "MARKER" not in proc.stdout + proc.stderr
     assert "vLLM is not installed" in proc.stderr and "requirements-vllm.txt" in proc.stderr  # a warning only
 
