@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from sdpo_interactions.chat_clients import DEFAULT_CLAUDE_MODEL
+from sdpo_interactions.cli.common import run_cli
 from sdpo_interactions.evaluation.report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
 from sdpo_interactions.evaluation.generation import GenerationSettings, sharded_generate, stable_key
 from sdpo_interactions.evaluation.judging import JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE, ClaudeJudge, LocalJudge, WinRate, judge_pairs, summarize
@@ -494,11 +495,7 @@ def main(args: EvalArguments) -> None:
 
 
 def cli() -> None:
-    from trl import TrlParser
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (eval_args,) = TrlParser((EvalArguments,)).parse_args_and_config()
-    main(eval_args)
+    run_cli(main, EvalArguments)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from transformers import AutoTokenizer
 from sdpo_interactions.arguments import DataArguments, PolicyModelConfig, policy_init
 from sdpo_interactions.cli.common import run_cli, train_and_save
 from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from sdpo_interactions.prompts import SYSTEM_PROMPTS, load_prompt_dataset, prompt_token_limit
-from sdpo_interactions.run_files import resolve_checkpoint
+from sdpo_interactions.prompts import SYSTEM_PROMPTS, load_prompt_dataset_with_counts, prompt_token_limit
+from sdpo_interactions.run_files import check_output_dir, resolve_checkpoint
 from sdpo_interactions.users.registry import UserArguments, build_user_simulator
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ ARGUMENTS = (ScriptArguments, OnlineSDPOConfig, PolicyModelConfig)
 
 
 def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_args: PolicyModelConfig) -> None:
+    check_output_dir(training_args.output_dir)
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     peft_config = policy_init(model_args, training_args)
     max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
@@ -71,9 +72,10 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_ar
         seed=training_args.seed,
         chat_template_kwargs=training_args.chat_template_kwargs,
     )
-    train_dataset = load_prompt_dataset(script_args.train_jsonl, n=script_args.train_n, **load)
-    eval_dataset = (
-        load_prompt_dataset(script_args.val_jsonl, n=script_args.eval_n, **load) if script_args.val_jsonl else None
+    train_dataset, counts = load_prompt_dataset_with_counts(script_args.train_jsonl, n=script_args.train_n, **load)
+    eval_dataset, eval_counts = (
+        load_prompt_dataset_with_counts(script_args.val_jsonl, n=script_args.eval_n, **load)
+        if script_args.val_jsonl else (None, None)
     )
     logger.info("Prompts: %d train, %s validation", len(train_dataset), len(eval_dataset) if eval_dataset else 0)
 
@@ -94,6 +96,8 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_ar
             "max_prompt_tokens": max_prompt_tokens,
             "train_jsonl": script_args.train_jsonl,
             "val_jsonl": script_args.val_jsonl,
+            "data_counts": counts,
+            "val_data_counts": eval_counts,
         },
     )
     train_and_save(trainer, resume)

@@ -21,7 +21,7 @@ from sdpo_interactions.cli.common import run_cli, train_and_save
 from sdpo_interactions.conversations import load_conversation_dataset
 from sdpo_interactions.core.offline import OfflineSDPOConfig, OfflineSDPOTrainer
 from sdpo_interactions.prompts import prompt_token_limit
-from sdpo_interactions.run_files import resolve_checkpoint
+from sdpo_interactions.run_files import check_output_dir, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ ARGUMENTS = (OfflineScriptArguments, OfflineSDPOConfig, PolicyModelConfig)
 
 
 def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig, model_args: PolicyModelConfig) -> None:
+    check_output_dir(training_args.output_dir)
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     peft_config = policy_init(model_args, training_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
@@ -83,7 +84,7 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig, 
     )
     train_dataset, counts = load_conversation_dataset(script_args.train_jsonl, n=script_args.train_n, **load)
     logger.info("Training samples: %d of %s", len(train_dataset), counts)
-    eval_dataset = None
+    eval_dataset, eval_counts = None, None
     if script_args.val_jsonl:
         eval_dataset, eval_counts = load_conversation_dataset(script_args.val_jsonl, n=script_args.eval_n, **load)
         logger.info("Held-out samples: %d of %s", len(eval_dataset), eval_counts)
@@ -96,7 +97,8 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig, 
         processing_class=tokenizer,
         peft_config=peft_config,
         run_settings={"mode": "offline", "train_jsonl": script_args.train_jsonl, "val_jsonl": script_args.val_jsonl,
-                      "data_counts": counts, "ignore_first_tokens": training_args.ignore_first_tokens},
+                      "data_counts": counts, "val_data_counts": eval_counts,
+                      "ignore_first_tokens": training_args.ignore_first_tokens},
     )
     train_and_save(trainer, resume)
 
