@@ -14,13 +14,18 @@ Win rate of a HelpSteer2 run's checkpoints against the base model, judged by Cla
 resumes and pays only for the pairs not judged yet.
 Variables (default):
   RUN_DIR            the training run's OUTPUT_DIR, holding checkpoint-<N>/ (required)
-  DATA_PATH          held-out prompts (./data/helpsteer2_prompts/validation.jsonl)
+  DATA_PATH          held-out prompts or conversations (./data/helpsteer2_prompts/validation.jsonl)
   CKPTS              checkpoint steps, e.g. "3 6" (unset: every complete checkpoint-<N> of RUN_DIR)
   BASELINE           baseline model (Qwen/Qwen3-8B)
   JUDGE_MODEL        Claude judge model (claude-haiku-4-5-20251001)
+  JUDGE_API_BASE     an OpenAI-compatible server that judges instead of Claude, e.g. http://judgehost:8000/v1
+                     (unset); its key, if any, from JUDGE_API_KEY (else OPENAI_API_KEY), never printed
+  JUDGE_API_MODEL    the model name that server serves (required with JUDGE_API_BASE)
   EVAL_N             held-out prompts used (256)
   MAX_PROMPT_TOKENS  drop longer prompts, as in training (512)
-  STYLE              judge persona (unset: the persona text each checkpoint was trained with)
+  MAX_NEW_TOKENS     longest response, in tokens (unset: the run's max_completion_length)
+  STYLE              judge persona (unset: the persona text each checkpoint was trained with; an offline run
+                     stores none and needs it)
   PERSONA_FILE       YAML or JSON file of style -> persona, for STYLE (unset)
   WORLD_SIZE         number of GPUs (4); 1 runs plain python, more run accelerate launch
   ACCELERATE_CONFIG  accelerate config file used instead of --num_processes (unset)
@@ -34,7 +39,9 @@ USAGE
 
 sdpo_parse_args "$@"
 
-sdpo_require_anthropic_key "The judge is Claude" "scripts/eval_checkpoints_tldr.sh, whose judge runs locally"
+if [[ -z "${JUDGE_API_BASE:-}" ]]; then
+  sdpo_require_anthropic_key "The judge is Claude" "JUDGE_API_BASE, or scripts/eval_checkpoints_tldr.sh, whose judge runs locally"
+fi
 
 JUDGE=claude
 PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh

@@ -13,13 +13,18 @@ Win rate of a TL;DR run's checkpoints against the base model, judged by a local 
 Writes win_rates.md/.csv, win_rate.png and judgments.jsonl to OUTPUT_DIR; a re-run resumes.
 Variables (default):
   RUN_DIR            the training run's OUTPUT_DIR, holding checkpoint-<N>/ (required)
-  DATA_PATH          held-out prompts (./data/tldr_prompts_unique/validation.jsonl)
+  DATA_PATH          held-out prompts or conversations (./data/tldr_prompts_unique/validation.jsonl)
   CKPTS              checkpoint steps, e.g. "3 6" (unset: every complete checkpoint-<N> of RUN_DIR)
   BASELINE           baseline model (Qwen/Qwen3-8B)
   JUDGE_MODEL        local judge model (Qwen/Qwen3-8B)
+  JUDGE_API_BASE     an OpenAI-compatible server (vLLM) that judges for all GPUs instead of a judge on each,
+                     e.g. http://judgehost:8000/v1 (unset); its key, if any, from JUDGE_API_KEY, never printed
+  JUDGE_API_MODEL    the model name that server serves (JUDGE_MODEL)
   EVAL_N             held-out prompts used (256)
   MAX_PROMPT_TOKENS  drop longer prompts, as in training (512)
-  STYLE              judge persona (unset: the persona text each checkpoint was trained with)
+  MAX_NEW_TOKENS     longest response, in tokens (unset: the run's max_completion_length)
+  STYLE              judge persona (unset: the persona text each checkpoint was trained with; an offline run
+                     stores none and needs it)
   PERSONA_FILE       YAML or JSON file of style -> persona, for STYLE (unset)
   WORLD_SIZE         number of GPUs (4); 1 runs plain python, more run accelerate launch
   ACCELERATE_CONFIG  accelerate config file used instead of --num_processes (unset)
@@ -38,4 +43,5 @@ PREPARE_SCRIPT=scripts/prepare_data_tldr.sh
 : "${DATA_PATH:=$SDPO_ROOT/data/tldr_prompts_unique/validation.jsonl}"
 : "${JUDGE_MODEL:=Qwen/Qwen3-8B}"
 : "${MAX_PROMPT_TOKENS:=512}"
+if [[ -n "${JUDGE_API_BASE:-}" ]]; then : "${JUDGE_API_MODEL:=$JUDGE_MODEL}"; fi
 sdpo_eval

@@ -5,6 +5,7 @@ checkpoints of a real short training run; resume; and the two launch scripts' dr
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -21,9 +22,20 @@ from trl import TrlParser
 
 import sdpo_interactions.cli.evaluate as evaluate
 import sdpo_interactions.evaluation.generation as generation
+import sdpo_interactions.evaluation.judges as judges
 import sdpo_interactions.evaluation.judging as judging
 from sdpo_interactions.cli.evaluate import EvalArguments, read_jsonl_by_key
-from sdpo_interactions.evaluation.judging import WinRate, judge_messages, outcome_for_policy, parse_verdict, resolve_pair, summarize
+from sdpo_interactions.evaluation.held_out import load_held_out
+from sdpo_interactions.evaluation.judging import (
+    WinRate,
+    judge_messages,
+    judge_request,
+    outcome_for_policy,
+    parse_verdict,
+    resolve_pair,
+    summarize,
+)
+from sdpo_interactions.evaluation.report import markdown_table
 from sdpo_interactions.testing.messages_server import SAMPLING_API_VERSION, MessagesServer
 from sdpo_interactions.personas import STYLE_PERSONAS
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
@@ -230,13 +242,13 @@ def no_model_loads(monkeypatch):
 def judge_calls(monkeypatch):
     """Counts the conversations the local judge answers (the real judge still answers them)."""
     calls = []
-    original = judging.LocalJudge.complete
+    original = judges.LocalJudge.complete
 
     def counting(self, conversations):
         calls.append(len(conversations))
         return original(self, conversations)
 
-    monkeypatch.setattr(judging.LocalJudge, "complete", counting)
+    monkeypatch.setattr(judges.LocalJudge, "complete", counting)
     return calls
 
 
@@ -323,8 +335,9 @@ def between(text, label):
 
 
 def shorter_wins(body):
-    """A concise user: prefers the shorter response, says so verbosely; cannot decide about parties."""
-    text = body["messages"][0]["content"]
+    """A concise user: prefers the shorter response, says so verbosely; cannot decide about parties. Either wire
+    format: the judge's turn is the last message (an OpenAI request has the system prompt before it)."""
+    text = body["messages"][-1]["content"]
     if "goodbye" in between(text, "request"):
         return "Hard to say, honestly."
     a, b = len(between(text, "A")), len(between(text, "B"))
@@ -342,10 +355,10 @@ def claude_env(monkeypatch):
 
 def test_claude_judge_sends_persona_and_both_orders_and_skips_failed_pairs(claude_env):
     args = EvalArguments(
-        run_dir=str(REPO), data_path=str(REPO / "README.md"), judge="claude", claude_max_retries=0,
+        run_dir=str(REPO), data_path=str(REPO / "README.md"), judge="claude", judge_api_max_retries=0,
         judge_max_new_tokens=7,
     )
-    judge = judging.ClaudeJudge(args)
+    judge = judges.build_judge(args)
     pairs = [
         {"style": STYLE, "persona": STYLE_PERSONAS[STYLE], "prompt": "Fix my bike?", "policy_response": "Pump tyres.",
          "baseline_response": "A much longer text."},
@@ -370,7 +383,7 @@ def test_claude_evaluation_end_to_end_with_failures_and_resume(claude_env, local
                                                                model_dir, tmp_path):
     out = tmp_path / "eval"
     args = eval_args(run_dir, held_out, model_dir, out, judge="claude", judge_model="claude-haiku-4-5-20251001",
-                     claude_max_retries=0, baseline_cache=local_eval["args"].baseline_cache)
+                     judge_api_max_retries=0, baseline_cache=local_eval["args"].baseline_cache)
     claude_env.add_fault("p1", "server_error", times=None)  # this prompt's judge requests fail for good
     cached_baseline = records_of(args.baseline_cache)
 
@@ -414,6 +427,211 @@ def test_claude_judge_without_api_key_fails_before_any_model_loads(run_dir, held
     assert args.judge_model == "claude-haiku-4-5-20251001"
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY is not set"):
         evaluate.evaluate(args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenAI-compatible judge (a vLLM-served Qwen3-8B, say): the real `openai` SDK against the loopback server
+# ---------------------------------------------------------------------------------------------------------------
+
+JUDGE_KEY = "sk-judge-SECRET-MARKER-9c1"
+PAIR = {"style": STYLE, "persona": STYLE_PERSONAS[STYLE], "prompt": "Fix my bike? ID:bike",
+        "policy_response": "Pump tyres.", "baseline_response": "A much longer text."}
+
+
+@pytest.fixture
+def served_judge(monkeypatch):
+    server = MessagesServer(reply=shorter_wins).start()
+    monkeypatch.setenv("JUDGE_API_KEY", JUDGE_KEY)
+    monkeypatch.setenv("USER_API_KEY", "sk-user-not-for-the-judge")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    yield server
+    server.stop()
+
+
+def served_judge_flags(server, **overrides):
+    return {"judge": "openai", "judge_api_base": server.url + "/v1", "judge_api_model": "Qwen/Qwen3-8B",
+            "judge_api_max_retries": 2, "judge_api_timeout": 5.0, **overrides}
+
+
+def lower_headers(logged):
+    return {name.lower(): value for name, value in logged.headers.items()}
+
+
+def test_openai_judge_retries_429_and_5xx_and_sends_what_a_served_qwen_needs(served_judge, caplog, capsys):
+    args = EvalArguments(run_dir=str(REPO), data_path=str(REPO / "README.md"), judge_max_new_tokens=5,
+                         **served_judge_flags(served_judge))
+    judge = judges.build_judge(args)
+    served_judge.add_fault("bike", "rate_limit", retry_after=0.01)  # both orders carry the tag: one gets the 429,
+    served_judge.add_fault("bike", "server_error")  # one (maybe the same) the 500; the SDK retries both
+    failing = {**PAIR, "prompt": "Oil? ID:bad"}
+    served_judge.add_fault("bad", "server_error", times=None)
+    records = judging.judge_pairs(judge, [PAIR, failing])
+    assert [r["prompt"] for r in records] == [PAIR["prompt"]]  # the failed pair is left for a re-run
+    assert records[0]["verdicts"] == ["A", "B"] and records[0]["outcome"] == "win"
+    assert sorted(r.outcome for r in served_judge.requests if r.tag == "bike") == [
+        "ok", "ok", "rate_limit", "server_error"]
+    assert served_judge.hits("bad") == 2 * 3  # both orders, each tried 1 + 2 retries
+    system = judge_messages(STYLE_PERSONAS[STYLE], "", "", "")[0]
+    for logged in served_judge.requests:
+        body = logged.body
+        assert (body["model"], body["max_tokens"], body["temperature"]) == ("Qwen/Qwen3-8B", 5, 0.0)
+        assert body["chat_template_kwargs"] == {"enable_thinking": False}  # no thinking within 5 tokens
+        assert body["messages"][0] == system and body["messages"][1]["role"] == "user"
+        assert lower_headers(logged)["authorization"] == f"Bearer {JUDGE_KEY}"  # JUDGE_API_KEY, not USER_API_KEY
+    assert "2/4 openai judge requests failed" in caplog.text
+    printed = capsys.readouterr()
+    assert JUDGE_KEY not in caplog.text + printed.out + printed.err + repr(judge.client)
+
+
+def test_openai_judge_falls_back_to_openai_api_key(served_judge, monkeypatch):
+    monkeypatch.delenv("JUDGE_API_KEY")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-MARKER")
+    args = EvalArguments(run_dir=str(REPO), data_path=str(REPO / "README.md"), **served_judge_flags(served_judge))
+    assert judges.build_judge(args).complete([judge_messages("p", "Fix my bike?", "a", "bb")]) == [
+        "The better response is A."]
+    (logged,) = served_judge.requests
+    assert lower_headers(logged)["authorization"] == "Bearer sk-openai-MARKER"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An offline run on held-out conversations
+# ---------------------------------------------------------------------------------------------------------------
+
+CONVERSATIONS = [
+    {"messages": [
+        {"role": "user", "content": "How do I boil an egg with a soft yolk?"},
+        {"role": "assistant", "content": "Great question! First, the science of egg proteins, which set at "
+                                         "different temperatures: ... then simmer for 6 minutes.", "truncated": False},
+        {"role": "user", "content": "Shorter please, just the minutes."},
+        {"role": "assistant", "content": "6 minutes."},
+    ]},
+    {"messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]},
+]
+
+
+def conversation_prompts(system_prompt):
+    """What the two conversations above give: each user turn with everything before it."""
+    (egg,), (colour,) = CONVERSATIONS[0]["messages"][:1], CONVERSATIONS[1]["messages"][:1]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    first, answer, follow_up = ({"role": m["role"], "content": m["content"]} for m in CONVERSATIONS[0]["messages"][:3])
+    return [system + [first], system + [first, answer, follow_up],
+            [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]]
+
+
+@pytest.fixture(scope="module")
+def conversations_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("conversations") / "validation.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS + CONVERSATIONS[1:]))  # one duplicate
+    return path
+
+
+def test_held_out_conversations_give_each_request_with_its_context(conversations_file, model_dir, tmp_path):
+    key = json.dumps
+    prompts = load_held_out(str(conversations_file), "SYS")
+    assert sorted(map(key, prompts)) == sorted(map(key, conversation_prompts("SYS")))  # marks gone, no duplicate
+    assert sorted(map(key, load_held_out(str(conversations_file), ""))) == sorted(map(key, conversation_prompts("")))
+    assert load_held_out(str(conversations_file), "", n=2, seed=1) == load_held_out(str(conversations_file), "", n=2,
+                                                                                    seed=1)
+    assert len(load_held_out(str(conversations_file), "", n=2, seed=1)) == 2
+    # Over the token budget a conversation loses its earliest exchange, as offline training fits it.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    short, long, terse = conversation_prompts("")
+    limit = max(len(tokenizer.apply_chat_template(p, add_generation_prompt=True)) for p in (short, terse))
+    fitted = load_held_out(str(conversations_file), "", tokenizer=tokenizer, max_prompt_tokens=limit)
+    assert sorted(map(key, fitted)) == sorted(map(key, [short, [long[-1]], terse]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt"}\n')
+    with pytest.raises(ValueError, match=r'bad\.jsonl:1: expected \{"prompt": "..."\} .* or \{"messages"'):
+        load_held_out(str(bad), "")
+
+
+def test_the_judge_reads_a_follow_up_with_the_turns_before_it():
+    assert judge_request([{"role": "system", "content": "S"}, {"role": "user", "content": "Hi?"}]) == "Hi?"
+    assert judge_request(conversation_prompts("S")[1]) == (
+        "(Earlier in our conversation)\nMe: How do I boil an egg with a soft yolk?\n\nAssistant: "
+        + CONVERSATIONS[0]["messages"][1]["content"] + "\n\n(My request now)\nShorter please, just the minutes.")
+    with pytest.raises(ValueError, match="ends with the user's request"):
+        judge_request([{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}])
+
+
+@pytest.fixture(scope="module")
+def offline_run(run_dir, tmp_path_factory):
+    """The trained checkpoints as an offline run stores them: mode offline, no persona, no system prompt."""
+    out = tmp_path_factory.mktemp("offline") / "run"
+    for step in (1, 2):
+        source, target = run_dir / f"checkpoint-{step}", out / f"checkpoint-{step}"
+        target.mkdir(parents=True)
+        for item in source.iterdir():
+            if item.name != RUN_SETTINGS_NAME:
+                (target / item.name).symlink_to(item)
+        settings = json.loads((source / RUN_SETTINGS_NAME).read_text())
+        for name in ("style", "persona", "system_prompt", "system_prompt_name", "user_simulator"):
+            settings.pop(name, None)
+        (target / RUN_SETTINGS_NAME).write_text(json.dumps({**settings, "mode": "offline"}))
+    return out
+
+
+def test_offline_run_on_held_out_conversations_with_a_served_judge_and_max_new_tokens(
+        offline_run, conversations_file, served_judge, model_dir, tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger=evaluate.__name__)
+    out = tmp_path / "eval"
+    args = EvalArguments(run_dir=str(offline_run), data_path=str(conversations_file), baseline=model_dir,
+                         style="no_emojis", max_new_tokens=3, output_dir=str(out), **served_judge_flags(served_judge))
+    rows = evaluate.evaluate(args)
+    records = records_of(out / "judgments.jsonl")
+    expected = conversation_prompts("")  # an offline run's prompts are the conversations as logged
+    assert sorted(json.dumps(r["messages"]) for r in records) == sorted(json.dumps(p) for p in expected * 2)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for r in records:
+        assert r["persona"] == STYLE_PERSONAS["no_emojis"] and r["judge"] == "openai"
+        assert r["generation"]["max_new_tokens"] == 3  # --max_new_tokens wins over the run's 4, and is recorded
+        assert len(tokenizer(r["policy_response"], add_special_tokens=False)["input_ids"]) <= 3
+        assert r["prompt"] == judge_request(r["messages"])
+    assert served_judge.hits() == 2 * len(records)
+    assert [(row["max_new_tokens"], row["mode"]) for row in rows] == [(3, "offline"), (3, "offline")]
+    assert "not the run's max_completion_length=4" in caplog.text
+    with open(out / "win_rates.csv", newline="") as f:
+        assert [(t["max_new_tokens"], t["mode"]) for t in csv.DictReader(f)] == [("3", "offline")] * 2
+    caption = (out / "win_rates.md").read_text()
+    assert "logged (answer, user reply) samples" in caption and "simulated user" not in caption
+    assert "up to 3 new tokens" in caption
+    printed = capsys.readouterr()
+    assert re.search(r"Judging pairs: 100%.* 6/6", printed.err)  # progress with counts
+    assert re.search(r"checkpoint-2 responses: 100%.* 3/3", printed.err)
+    saved = "".join(path.read_text(errors="replace") for path in out.rglob("*") if path.is_file())
+    assert JUDGE_KEY not in saved + caplog.text + printed.out + printed.err
+
+
+def test_every_missing_setting_is_reported_at_once(tmp_path, held_out, no_model_loads):
+    fake_checkpoint(tmp_path / "checkpoint-1", settings="{}")
+    fake_checkpoint(tmp_path / "checkpoint-2", settings=json.dumps({"mode": "offline", "max_completion_length": 8}))
+    with pytest.raises(ValueError) as err:
+        evaluate.evaluate(EvalArguments(run_dir=str(tmp_path), ckpts=[1, 2], data_path=str(held_out)))
+    first, second = (tmp_path / f"checkpoint-{step}" / RUN_SETTINGS_NAME for step in (1, 2))
+    assert str(err.value).splitlines() == [
+        "Cannot evaluate with these run settings:",
+        f"  {first}: no 'style'; pass --style",
+        f"  {first}: no 'system_prompt'; pass --system_prompt",
+        f"  {first}: no 'max_completion_length'; pass --max_new_tokens",
+        f"  {second}: no 'style' (an offline run learned from logged users, not from a persona); pass --style",
+    ]
+    plans = evaluate.plan_checkpoints(EvalArguments(run_dir=str(tmp_path), ckpts=[1, 2], data_path=str(held_out),
+                                                    style="poetic", system_prompt="general", max_new_tokens=5))
+    assert [(p.mode, p.style, p.generation.system_prompt, p.generation.max_new_tokens) for p in plans] == [
+        ("online", "poetic", "", 5), ("offline", "poetic", "", 5)]
+
+
+def test_the_caption_says_what_the_interactions_of_each_mode_count():
+    row = {"step": 1, "interactions": 8, "checkpoint": "checkpoint-1", "style": "poetic", "pairs": 2, "wins": 1,
+           "losses": 1, "ties": 0, "invalid": 0, "win_rate": 0.5, "stderr": 0.35, "tie_rate": 0.0, "baseline": "b",
+           "judge_model": "j", "max_new_tokens": 64}
+    online, offline = markdown_table([{**row, "mode": "online"}]), markdown_table([{**row, "mode": "offline"}])
+    assert "answers the simulated user had replied to" in online and "up to 64 new tokens" in online
+    assert "simulated user" not in offline and "logged (answer, user reply) samples" in offline
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -499,7 +717,7 @@ def test_run_without_checkpoints_and_bad_flags_are_refused(tmp_path, held_out):
         EvalArguments(run_dir=str(tmp_path / "nope"), data_path=str(held_out))
     with pytest.raises(FileNotFoundError, match="--data_path: no such file"):
         EvalArguments(run_dir=str(tmp_path), data_path=str(tmp_path / "nope.jsonl"))
-    with pytest.raises(ValueError, match="Unknown --judge 'gpt'; choose one of local, claude"):
+    with pytest.raises(ValueError, match="Unknown --judge 'gpt'; choose one of local, claude, openai"):
         EvalArguments(run_dir=str(tmp_path), data_path=str(held_out), judge="gpt")
     with pytest.raises(ValueError, match="Known styles"):
         EvalArguments(run_dir=str(tmp_path), data_path=str(held_out), style="grumpy")
@@ -512,7 +730,8 @@ def test_run_without_checkpoints_and_bad_flags_are_refused(tmp_path, held_out):
 # ---------------------------------------------------------------------------------------------------------------
 
 SCRIPT_VARS = ["RUN_DIR", "DATA_PATH", "CKPTS", "BASELINE", "JUDGE_MODEL", "EVAL_N", "WORLD_SIZE", "STYLE",
-               "MAX_PROMPT_TOKENS", "ACCELERATE_CONFIG", "OUTPUT_DIR", "PYTHON", "ANTHROPIC_API_KEY", "HF_TOKEN"]
+               "MAX_PROMPT_TOKENS", "ACCELERATE_CONFIG", "OUTPUT_DIR", "PYTHON", "ANTHROPIC_API_KEY", "HF_TOKEN",
+               "JUDGE_API_BASE", "JUDGE_API_MODEL", "JUDGE_API_KEY", "MAX_NEW_TOKENS"]
 
 
 def run_script(name, *args, **env):
@@ -567,9 +786,27 @@ def test_script_dry_run_overrides_parse_with_evaluate(tmp_path, held_out):
     assert (parsed.style, parsed.output_dir, parsed.batch_size) == ("poetic", str(tmp_path / "out"), 2)
 
 
+@pytest.mark.parametrize("script", ["eval_checkpoints.sh", "eval_checkpoints_tldr.sh"])
+def test_script_with_a_served_judge_and_old_flags_parses_with_evaluate(script, tmp_path, held_out):
+    result = run_script(
+        script, "--dry-run", "--", "--claude_timeout", "30",
+        RUN_DIR=str(tmp_path), DATA_PATH=str(held_out), JUDGE_API_BASE="http://judgehost:8000/v1",
+        JUDGE_API_MODEL="Qwen/Qwen3-8B", JUDGE_API_KEY="sk-judge-MARKER", MAX_NEW_TOKENS="64", WORLD_SIZE="1",
+    )
+    assert result.returncode == 0, result.stderr  # no ANTHROPIC_API_KEY needed: Claude does not judge
+    assert "MARKER" not in result.stdout + result.stderr and "JUDGE_API_KEY: set" in result.stdout
+    (parsed,) = TrlParser((EvalArguments,)).parse_args_and_config(printed_command(result.stdout)[2:])
+    assert (parsed.judge, parsed.judge_api_base, parsed.judge_model) == ("openai", "http://judgehost:8000/v1",
+                                                                         "Qwen/Qwen3-8B")
+    assert parsed.max_new_tokens == 64 and parsed.judge_api_timeout == 30  # the deprecated flag still works
+
+
 def test_scripts_refuse_bad_input(tmp_path):
     assert run_script("eval_checkpoints_tldr.sh", "--bogus").returncode == 2
     assert run_script("eval_checkpoints_tldr.sh", "--dry-run", RUN_DIR=str(tmp_path), CKPTS="3 x").returncode == 2
+    assert run_script("eval_checkpoints_tldr.sh", "--dry-run", RUN_DIR=str(tmp_path), MAX_NEW_TOKENS="0").returncode == 2
+    no_model = run_script("eval_checkpoints.sh", "--dry-run", RUN_DIR=str(tmp_path), JUDGE_API_BASE="http://j/v1")
+    assert no_model.returncode == 2 and "JUDGE_API_MODEL is not" in no_model.stderr
     missing = run_script("eval_checkpoints_tldr.sh", RUN_DIR=str(tmp_path / "nope"))
     assert missing.returncode == 1 and "RUN_DIR: no such folder" in missing.stderr
     unset = run_script("eval_checkpoints_tldr.sh")

@@ -1,13 +1,20 @@
-"""Persona win rate of a run's checkpoints against a baseline model, judged by a local model or by Claude.
+"""Persona win rate of a run's checkpoints against a baseline model, judged by a local model, Claude, or any
+OpenAI-compatible server.
 
-    python evaluate.py --run_dir runs/x --ckpts 3 6 9 --data_path data/tldr_prompts_unique/validation.jsonl \
+    python evaluate_run.py --run_dir runs/x --ckpts 3 6 9 --data_path data/tldr_prompts_unique/validation.jsonl \
         --judge local --judge_model Qwen/Qwen3-8B
+    python evaluate_run.py --run_dir runs/x --data_path held_out.jsonl \
+        --judge openai --judge_api_base http://judgehost:8000/v1 --judge_api_model Qwen/Qwen3-8B
 
 Protocol (the paper's). For each held-out prompt the checkpoint and the baseline each write a response, with the
 system prompt, chat-template settings and length the run was trained with (read from the checkpoint's
-`sdpo_run_settings.json`). A judge playing the run's user persona sees the request and the two responses,
-labelled A and B, and answers A, B or C (a tie). Every pair is judged twice with the positions swapped; two
-verdicts that disagree make the pair a tie. The win rate is wins / (wins + losses), ties excluded.
+`sdpo_run_settings.json`; an explicit --max_new_tokens wins over the run's length). A judge playing the run's user
+persona sees the request and the two responses, labelled A and B, and answers A, B or C (a tie). Every pair is
+judged twice with the positions swapped; two verdicts that disagree make the pair a tie. The win rate is
+wins / (wins + losses), ties excluded.
+
+Held-out data is a prompts file or a conversations file (evaluation/held_out.py). An offline run learned from
+logged users, not from a persona, so it stores none: the judge then plays the persona --style names.
 
 Responses are greedy by default: the comparison then measures the models, not sampling noise, and the cached
 baseline responses stay valid for every checkpoint and every re-run. `--temperature` or `--use_run_temperature`
@@ -21,33 +28,38 @@ Files in the output folder (default `<run_dir>/eval/`):
 A re-run skips the pairs already in judgments.jsonl, so an interrupted evaluation resumes without paying twice.
 Under `accelerate launch` generation (and local judging) is sharded across processes; the main process writes.
 
-This file plans the checkpoints and runs the evaluation; the judge is judging.py, local generation generation.py,
-and the table and plot eval_report.py.
+This file plans the checkpoints and runs the evaluation; the judges are evaluation/judges.py, verdicts and win
+rates judging.py, local generation generation.py, held-out data held_out.py, and the table and plot report.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from sdpo_interactions.chat_clients import DEFAULT_CLAUDE_MODEL
 from sdpo_interactions.cli.common import run_cli
-from sdpo_interactions.evaluation.report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
 from sdpo_interactions.evaluation.generation import GenerationSettings, sharded_generate, stable_key
-from sdpo_interactions.evaluation.judging import JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE, ClaudeJudge, LocalJudge, WinRate, judge_pairs, summarize
+from sdpo_interactions.evaluation.held_out import load_held_out
+from sdpo_interactions.evaluation.judges import JudgeArguments, build_judge, parse_json_object
+from sdpo_interactions.evaluation.judging import (
+    JUDGE_SYSTEM_TEMPLATE,
+    JUDGE_TURN_TEMPLATE,
+    WinRate,
+    judge_pairs,
+    judge_request,
+    summarize,
+)
+from sdpo_interactions.evaluation.report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
 from sdpo_interactions.personas import resolve_persona
-from sdpo_interactions.prompts import SYSTEM_PROMPTS, last_user_text, load_prompt_dataset
+from sdpo_interactions.prompts import SYSTEM_PROMPTS
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME, append_jsonl, complete_checkpoints, iter_jsonl, read_run_settings
 from sdpo_interactions.sampling import Sampling
 
 logger = logging.getLogger(__name__)
 
-JUDGES = ("local", "claude")
-DEFAULT_JUDGE_MODELS = {"local": "Qwen/Qwen3-8B", "claude": DEFAULT_CLAUDE_MODEL}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -63,8 +75,9 @@ BASELINE_CACHE_NAME = "baseline_responses.jsonl"
 
 
 @dataclass
-class EvalArguments:
-    """What to evaluate, against what, and how. Generation settings default to the checkpoint's own run settings."""
+class EvalArguments(JudgeArguments):
+    """What to evaluate, against what, and how (the judge's flags are JudgeArguments'). Generation settings default
+    to the checkpoint's own run settings."""
 
     run_dir: Optional[str] = field(default=None, metadata={"help": "Training output folder holding checkpoint-<N>/."})
     ckpts: list[int] = field(
@@ -72,26 +85,21 @@ class EvalArguments:
         metadata={"help": "Checkpoint steps to evaluate, e.g. `--ckpts 3 6 9` (default: every checkpoint-<N>)."},
     )
     data_path: Optional[str] = field(
-        default=None, metadata={"help": 'Held-out prompts: JSONL with one {"prompt": "..."} object per line.'}
+        default=None,
+        metadata={"help": 'Held-out data: prompts, JSONL of {"prompt": "..."} (as train.py reads), or conversations, '
+                          'JSONL of {"messages": [...]} (as train_offline.py reads; one prompt per user turn).'},
     )
     eval_n: int = field(default=256, metadata={"help": "Number of held-out prompts (a seeded random subset)."})
     seed: int = field(default=42, metadata={"help": "Seed of the prompt subset and of sampling, if any."})
     max_prompt_tokens: Optional[int] = field(
-        default=None, metadata={"help": "Drop prompts whose chat-formatted length exceeds this many tokens."}
+        default=None, metadata={"help": "Drop prompts whose chat-formatted length exceeds this many tokens "
+                                        "(a conversation loses its earliest exchanges first)."}
     )
     baseline: str = field(default="Qwen/Qwen3-8B", metadata={"help": "Baseline model (hub id or folder)."})
-    judge: str = field(
-        default="local", metadata={"help": "Who judges: a local HF model or Claude.", "choices": list(JUDGES)}
-    )
-    judge_model: Optional[str] = field(
-        default=None,
-        metadata={"help": f"Judge model (default: {DEFAULT_JUDGE_MODELS['local']} for local, "
-                  f"{DEFAULT_JUDGE_MODELS['claude']} for claude)."},
-    )
     style: Optional[str] = field(
         default=None,
         metadata={"help": "Persona of the judge (default: the persona text each checkpoint was trained with, as "
-                          "stored in its run settings)."},
+                          "stored in its run settings; an offline run stores none, so it needs --style)."},
     )
     persona_file: Optional[str] = field(
         default=None,
@@ -99,13 +107,19 @@ class EvalArguments:
     )
     system_prompt: Optional[str] = field(
         default=None,
-        metadata={"help": "Fallback policy system prompt name for settings files that lack one.",
+        metadata={"help": "Fallback policy system prompt name for settings files that lack one (an offline run's "
+                          "default is none: its prompts are the conversations as logged).",
                   "choices": list(SYSTEM_PROMPTS)},
     )
     chat_template_kwargs: Optional[str] = field(
         default=None,
-        metadata={"help": "Fallback chat template kwargs (JSON) for settings files that lack them; "
-                  'default {"enable_thinking": false}. Also used for the local judge.'},
+        metadata={"help": "Fallback chat template kwargs (JSON) of the policy for settings files that lack them; "
+                  'default {"enable_thinking": false}.'},
+    )
+    max_new_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "Longest response of checkpoint and baseline, in tokens; wins over the run's "
+                          "max_completion_length, and is recorded with the results (default: the run's)."},
     )
     max_completion_length: Optional[int] = field(
         default=None, metadata={"help": "Fallback response length in tokens for settings files that lack one."}
@@ -118,12 +132,6 @@ class EvalArguments:
     )
     batch_size: int = field(default=8, metadata={"help": "Generation batch size per process."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype of the local models.", "choices": list(DTYPES)})
-    judge_max_new_tokens: int = field(default=32, metadata={"help": "Longest judge answer, in tokens."})
-    judge_temperature: float = field(default=0.0, metadata={"help": "Judge temperature; 0 is greedy/deterministic."})
-    judge_batch_size: int = field(default=8, metadata={"help": "Local judge batch size per process."})
-    claude_max_concurrency: int = field(default=16, metadata={"help": "Concurrent Claude judge requests."})
-    claude_max_retries: int = field(default=8, metadata={"help": "Retries of a failed Claude request (SDK policy)."})
-    claude_timeout: float = field(default=60.0, metadata={"help": "Seconds before a Claude request times out."})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Where results go (default <run_dir>/eval)."})
     baseline_cache: Optional[str] = field(
         default=None,
@@ -133,16 +141,8 @@ class EvalArguments:
     judge_persona: Optional[str] = field(default=None, init=False)  # the text of --style, resolved on parsing
 
     def __post_init__(self):
-        if self.run_dir is None:
-            raise ValueError("--run_dir is required: the training output folder holding checkpoint-<N>/ folders")
-        if not os.path.isdir(self.run_dir):
-            raise FileNotFoundError(f"--run_dir: no such folder: {self.run_dir}")
-        if self.data_path is None:
-            raise ValueError('--data_path is required: held-out prompts, JSONL of {"prompt": ...}')
-        if not os.path.isfile(self.data_path):
-            raise FileNotFoundError(f"--data_path: no such file: {self.data_path}")
-        if self.judge not in JUDGES:
-            raise ValueError(f"Unknown --judge {self.judge!r}; choose one of {', '.join(JUDGES)}")
+        self._check_paths()
+        super().__post_init__()
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         # Resolved here so that a bad persona file or style fails before any model loads.
@@ -151,41 +151,39 @@ class EvalArguments:
             self.style, self.judge_persona = resolve_persona(self.style, self.persona_file)
         elif self.persona_file is not None:
             raise ValueError("--persona_file needs --style: without it the judge plays each run's stored persona")
-        if self.system_prompt is not None:
-            if self.system_prompt not in SYSTEM_PROMPTS:
-                raise ValueError(
-                    f"Unknown --system_prompt {self.system_prompt!r}; choose one of {', '.join(SYSTEM_PROMPTS)}"
-                )
-        if isinstance(self.chat_template_kwargs, str):
-            try:
-                self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"--chat_template_kwargs is not JSON: {err.msg}") from None
-        if self.chat_template_kwargs is None:
-            self.chat_template_kwargs = {"enable_thinking": False}
-        if not isinstance(self.chat_template_kwargs, dict):
-            raise ValueError("--chat_template_kwargs must be a JSON object")
-        if any(step < 0 for step in self.ckpts):
-            raise ValueError(f"--ckpts must be non-negative steps, got {self.ckpts}")
-        for name in ("eval_n", "batch_size", "judge_max_new_tokens", "judge_batch_size", "claude_max_concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_prompt_tokens", "max_completion_length"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("temperature", "judge_temperature"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0 (0 means greedy), got {getattr(self, name)}")
-        if self.judge == "claude" and self.judge_temperature > 1:
-            raise ValueError(f"--judge_temperature must be in [0, 1] for Claude, got {self.judge_temperature}")
-        if self.use_run_temperature and self.temperature > 0:
-            raise ValueError("--use_run_temperature and --temperature > 0 contradict each other; pass one")
-        if self.judge_model is None:
-            self.judge_model = DEFAULT_JUDGE_MODELS[self.judge]
+        if self.system_prompt is not None and self.system_prompt not in SYSTEM_PROMPTS:
+            raise ValueError(f"Unknown --system_prompt {self.system_prompt!r}; choose one of {', '.join(SYSTEM_PROMPTS)}")
+        kwargs = parse_json_object(self.chat_template_kwargs, "chat_template_kwargs")
+        self.chat_template_kwargs = {"enable_thinking": False} if kwargs is None else kwargs
+        self._check_numbers()
         if self.output_dir is None:
             self.output_dir = os.path.join(self.run_dir, "eval")
         if self.baseline_cache is None:
             self.baseline_cache = os.path.join(self.output_dir, BASELINE_CACHE_NAME)
+
+    def _check_paths(self) -> None:
+        if self.run_dir is None:
+            raise ValueError("--run_dir is required: the training output folder holding checkpoint-<N>/ folders")
+        if not os.path.isdir(self.run_dir):
+            raise FileNotFoundError(f"--run_dir: no such folder: {self.run_dir}")
+        if self.data_path is None:
+            raise ValueError('--data_path is required: held-out prompts, JSONL of {"prompt": ...} or {"messages": ...}')
+        if not os.path.isfile(self.data_path):
+            raise FileNotFoundError(f"--data_path: no such file: {self.data_path}")
+
+    def _check_numbers(self) -> None:
+        if any(step < 0 for step in self.ckpts):
+            raise ValueError(f"--ckpts must be non-negative steps, got {self.ckpts}")
+        for name in ("eval_n", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_prompt_tokens", "max_new_tokens", "max_completion_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.use_run_temperature and self.temperature > 0:
+            raise ValueError("--use_run_temperature and --temperature > 0 contradict each other; pass one")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,6 +199,7 @@ class CheckpointPlan:
     persona: str  # the text the judge plays
     generation: GenerationSettings
     interactions: Optional[int] = None  # answers the user had replied to by this checkpoint, over all processes
+    mode: str = "online"  # "offline": the replies came from logged conversations, not from a simulated user
     prompts: list = field(default_factory=list)  # chat messages, one list per held-out prompt
     pair_keys: list = field(default_factory=list)
 
@@ -229,50 +228,74 @@ def default_checkpoint_steps(run_dir: str) -> list[int]:
     return steps
 
 
-def resolve_generation(settings: dict, args: EvalArguments, where: Path) -> GenerationSettings:
-    """The checkpoint's saved settings first (they define the format the policy was trained on), flags second."""
-    def saved_or_flag(key: str, flag_value, what: str):
+class SettingsProblems(list):
+    """What the run settings lack, gathered over every checkpoint so that one error lists all of it."""
+
+    def need(self, settings: dict, key: str, flag_value, flag: str, where: Path, why: str = ""):
+        """The saved value first (it defines the format the policy was trained on), the flag's second; neither is
+        a problem."""
         saved = settings.get(key)
         if saved is None:
             if flag_value is None:
-                raise ValueError(f"{where / RUN_SETTINGS_NAME}: no {key!r}; pass --{what}")
+                self.append(f"{where / RUN_SETTINGS_NAME}: no {key!r}{why}; pass --{flag}")
             return flag_value
         if flag_value is not None and flag_value != saved:
-            logger.warning("%s: using the run's %s=%r, not --%s=%r", where.name, key, saved, what, flag_value)
+            logger.warning("%s: using the run's %s=%r, not --%s=%r", where.name, key, saved, flag, flag_value)
         return saved
 
+
+def is_offline(settings: dict) -> bool:
+    return settings.get("mode") == "offline"
+
+
+def max_new_tokens(settings: dict, args: EvalArguments, where: Path, problems: SettingsProblems) -> Optional[int]:
+    """--max_new_tokens if given (it wins over the run's length), else the run's max_completion_length."""
+    if args.max_new_tokens is None:
+        return problems.need(settings, "max_completion_length", args.max_completion_length, "max_new_tokens", where)
+    saved = settings.get("max_completion_length")
+    if saved is not None and saved != args.max_new_tokens:
+        logger.info("%s: responses up to --max_new_tokens=%d tokens, not the run's max_completion_length=%d",
+                    where.name, args.max_new_tokens, saved)
+    return args.max_new_tokens
+
+
+def resolve_generation(settings: dict, args: EvalArguments, where: Path,
+                       problems: SettingsProblems) -> Optional[GenerationSettings]:
+    """How the checkpoint and the baseline answer: the run's settings, the flags where it has none."""
     flag_prompt = SYSTEM_PROMPTS[args.system_prompt] if args.system_prompt is not None else None
-    system_prompt = saved_or_flag("system_prompt", flag_prompt, "system_prompt")
+    if flag_prompt is None and is_offline(settings):
+        flag_prompt = ""  # offline prompts are the logged conversations, with their own system turn if any
+    system_prompt = problems.need(settings, "system_prompt", flag_prompt, "system_prompt", where)
     template_kwargs = settings.get("chat_template_kwargs")
     if template_kwargs is None:
         template_kwargs = args.chat_template_kwargs
-    max_new_tokens = saved_or_flag("max_completion_length", args.max_completion_length, "max_completion_length")
+    length = max_new_tokens(settings, args, where, problems)
     if args.use_run_temperature:
-        saved = settings.get("sampling") or {"temperature": saved_or_flag("temperature", None, "temperature")}
-        sampling = Sampling(**{k: saved[k] for k in Sampling.__dataclass_fields__ if k in saved})
+        saved = settings.get("sampling") or {"temperature": problems.need(settings, "temperature", None, "temperature",
+                                                                          where)}
+        sampling = Sampling(**{k: saved[k] for k in Sampling.__dataclass_fields__ if saved.get(k) is not None})
     else:
         sampling = Sampling(temperature=args.temperature)
-    return GenerationSettings(
-        system_prompt=system_prompt,
-        chat_template_kwargs=dict(template_kwargs),
-        max_new_tokens=int(max_new_tokens),
-        sampling=sampling,
-        seed=args.seed,
-    )
+    if system_prompt is None or length is None:
+        return None
+    return GenerationSettings(system_prompt=system_prompt, chat_template_kwargs=dict(template_kwargs),
+                              max_new_tokens=int(length), sampling=sampling, seed=args.seed)
 
 
-def judge_persona(settings: dict, args: EvalArguments, where: Path) -> tuple[str, str]:
+def judge_persona(settings: dict, args: EvalArguments, where: Path,
+                  problems: SettingsProblems) -> tuple[Optional[str], Optional[str]]:
     """(style, persona text) the judge plays: --style if given, else the text the checkpoint trained with."""
     if args.style is not None:
         return args.style, args.judge_persona
-    style, persona = settings.get("style"), settings.get("persona")
-    if style is None:
-        raise ValueError(f"{where / RUN_SETTINGS_NAME}: no 'style'; pass --style")
-    if persona is None:  # settings written before the persona text was stored
+    why = " (an offline run learned from logged users, not from a persona)" if is_offline(settings) else ""
+    style = problems.need(settings, "style", None, "style", where, why)
+    persona = settings.get("persona")
+    if style is not None and persona is None:  # settings written before the persona text was stored
         try:
             style, persona = resolve_persona(style)
         except ValueError as err:
-            raise ValueError(f"{where / RUN_SETTINGS_NAME}: {err}") from None
+            problems.append(f"{where / RUN_SETTINGS_NAME}: {err}")
+            return None, None
         logger.warning("%s: no stored persona text; judging with today's built-in %r", where.name, style)
     return style, persona
 
@@ -281,20 +304,28 @@ def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
     """Check every requested checkpoint and read its settings; all problems are reported together, early."""
     steps = sorted(set(args.ckpts)) or default_checkpoint_steps(args.run_dir)
     paths = [Path(args.run_dir) / f"checkpoint-{step}" for step in steps]
-    problems = [problem for path in paths for problem in checkpoint_problems(path)]
-    if problems:
-        raise FileNotFoundError("Cannot evaluate these checkpoints:\n  " + "\n  ".join(problems))
-    plans = []
+    missing = [problem for path in paths for problem in checkpoint_problems(path)]
+    if missing:
+        raise FileNotFoundError("Cannot evaluate these checkpoints:\n  " + "\n  ".join(missing))
+    plans, problems = [], SettingsProblems()
     for step, path in zip(steps, paths):
-        settings = read_run_settings(path)
-        style, persona = judge_persona(settings, args, path)
+        try:
+            settings = read_run_settings(path)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        style, persona = judge_persona(settings, args, path, problems)
+        generation = resolve_generation(settings, args, path, problems)
         interactions = (settings.get("interactions") or {}).get("with_feedback")
-        plans.append(CheckpointPlan(step, path, style, persona, resolve_generation(settings, args, path), interactions))
+        mode = "offline" if is_offline(settings) else "online"
+        plans.append(CheckpointPlan(step, path, style, persona, generation, interactions, mode))
+    if problems:
+        raise ValueError("Cannot evaluate with these run settings:\n  " + "\n  ".join(problems))
     return plans
 
 
 def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) -> None:
-    """Load the held-out prompts with train.py's loader (same system prompt and format as training) and key pairs."""
+    """Load the held-out prompts in the run's format (its system prompt and chat template) and key the pairs."""
     from transformers import AutoTokenizer
 
     loaded: dict[str, list] = {}
@@ -303,7 +334,7 @@ def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) ->
         cache_key = stable_key(gen.system_prompt, gen.chat_template_kwargs)
         if cache_key not in loaded:
             tokenizer = AutoTokenizer.from_pretrained(plan.path) if args.max_prompt_tokens is not None else None
-            data = load_prompt_dataset(
+            loaded[cache_key] = load_held_out(
                 args.data_path,
                 gen.system_prompt,
                 tokenizer=tokenizer,
@@ -312,7 +343,6 @@ def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) ->
                 seed=args.seed,
                 chat_template_kwargs=gen.chat_template_kwargs,
             )
-            loaded[cache_key] = list(data["prompt"])
         plan.prompts = loaded[cache_key]
         judge = [args.judge, args.judge_model, args.judge_max_new_tokens, args.judge_temperature,
                  JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE]
@@ -349,35 +379,32 @@ def read_jsonl_by_key(path: Path) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_judging(args: EvalArguments, pairs: list[dict], judgments_path: Path, claude: Optional[ClaudeJudge]) -> int:
+def run_judging(judge, pairs: list[dict], judgments_path: Path) -> int:
     """Judge pending pairs in chunks, appending each chunk to the judgments file. Returns the pairs left unjudged.
 
-    The local judge is sharded across processes like generation; Claude runs on the main process only (one
+    A local judge is sharded across processes like generation; an API judge runs on the main process only (one
     client, so one concurrency bound against the API's rate limits) after the other processes have finished.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
 
     state = PartialState()
-    if args.judge == "claude":
-        if not state.is_main_process:
-            return 0
-        judge = claude
-        chunk = 4 * args.claude_max_concurrency
-    else:
-        judge = LocalJudge(args.judge_model, args)
-        chunk = args.judge_batch_size * state.num_processes * 4
+    if not judge.sharded and not state.is_main_process:
+        return 0
+    chunk = judge.chunk_size * (state.num_processes if judge.sharded else 1)
     written = 0
-    for start in range(0, len(pairs), chunk):
-        if args.judge == "claude":
-            records = judge_pairs(judge, pairs[start : start + chunk])
-        else:
-            with state.split_between_processes(pairs[start : start + chunk]) as mine:
-                records = gather_object(judge_pairs(judge, mine))
-        if state.is_main_process:
-            append_jsonl(judgments_path, records)
-            written += len(records)
-            logger.info("Judged %d/%d pairs", min(start + chunk, len(pairs)), len(pairs))
+    with tqdm(total=len(pairs), desc="Judging pairs", unit="pair", disable=not state.is_main_process) as bar:
+        for start in range(0, len(pairs), chunk):
+            if judge.sharded:
+                with state.split_between_processes(pairs[start : start + chunk]) as mine:
+                    records = gather_object(judge_pairs(judge, mine))
+            else:
+                records = judge_pairs(judge, pairs[start : start + chunk])
+            if state.is_main_process:
+                append_jsonl(judgments_path, records)
+                written += len(records)
+            bar.update(len(pairs[start : start + chunk]))
     judge.close()
     return len(pairs) - written
 
@@ -389,8 +416,8 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
     state = PartialState()
     plans = plan_checkpoints(args)
     attach_prompts_and_keys(plans, args)
-    # A missing ANTHROPIC_API_KEY fails here, before any model loads.
-    claude = ClaudeJudge(args) if args.judge == "claude" and state.is_main_process else None
+    # An API judge checks its key and URL here, before any model loads; a local one loads when it first judges.
+    judge = build_judge(args, args.dtype)
     out_dir = Path(args.output_dir)
     judgments_path = out_dir / JUDGMENTS_NAME
     judged = read_jsonl_by_key(judgments_path)
@@ -402,7 +429,7 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
     write_baseline_responses(args, plans, pending, baseline_cache, state.is_main_process)
     pairs = [pair for plan in plans for pair in pairs_to_judge(args, plan, pending[plan.step], baseline_cache)]
 
-    failed = run_judging(args, pairs, judgments_path, claude) if pairs else 0
+    failed = run_judging(judge, pairs, judgments_path) if pairs else 0
     if not state.is_main_process:
         return None
     if failed:
@@ -428,7 +455,8 @@ def write_baseline_responses(args: EvalArguments, plans: list[CheckpointPlan], p
     if not jobs:
         return
     logger.info("Baseline %s: %d responses to write", args.baseline, len(jobs))
-    fresh = sharded_generate(args.baseline, list(jobs.values()), args)
+    fresh = sharded_generate(args.baseline, list(jobs.values()), dtype=args.dtype, batch_size=args.batch_size,
+                             desc="Baseline responses")
     records = [
         {"key": key, "baseline": args.baseline, "generation": jobs[key][2].as_dict(), "prompt": jobs[key][1],
          "response": response}
@@ -444,8 +472,9 @@ def pairs_to_judge(args: EvalArguments, plan: CheckpointPlan, pending: list[int]
     if not pending:
         return []
     logger.info("Checkpoint %s: %d responses to write", plan.path, len(pending))
-    responses = sharded_generate(str(plan.path), [(plan.pair_keys[i], plan.prompts[i], plan.generation)
-                                                  for i in pending], args)
+    jobs = [(plan.pair_keys[i], plan.prompts[i], plan.generation) for i in pending]
+    responses = sharded_generate(str(plan.path), jobs, dtype=args.dtype, batch_size=args.batch_size,
+                                 desc=f"{plan.path.name} responses")
     pairs = []
     for i in pending:
         messages = plan.prompts[i]
@@ -460,7 +489,7 @@ def pairs_to_judge(args: EvalArguments, plan: CheckpointPlan, pending: list[int]
             "judge_model": args.judge_model,
             "generation": plan.generation.as_dict(),
             "messages": messages,
-            "prompt": last_user_text(messages),
+            "prompt": judge_request(messages),
             "policy_response": responses[plan.pair_keys[i]],
             "baseline_response": baseline[baseline_key(args.baseline, plan.generation, messages)]["response"],
         })
@@ -483,8 +512,9 @@ def table_row(plan: CheckpointPlan, result: WinRate, args: EvalArguments) -> dic
         "tie_rate": result.tie_rate,
         "baseline": args.baseline,
         "judge_model": args.judge_model,
+        "max_new_tokens": plan.generation.max_new_tokens,
+        "mode": plan.mode,
     }
-
 
 
 def main(args: EvalArguments) -> None:

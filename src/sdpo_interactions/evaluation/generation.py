@@ -63,8 +63,10 @@ class ChatModel:
         sampling: Sampling,
         batch_size: int,
         chat_template_kwargs: dict,
+        progress=None,
     ) -> list[str]:
-        """Replies decoded exactly with `sampling` (greedy at temperature 0), whatever the model folder's defaults."""
+        """Replies decoded exactly with `sampling` (greedy at temperature 0), whatever the model folder's defaults.
+        `progress` (a tqdm bar, say) is advanced by each batch's size."""
         import torch
 
         config = sampling.generation_config(max_new_tokens, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
@@ -81,6 +83,8 @@ class ChatModel:
                 output = generate_exactly(self.model, batch, config)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             replies.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            if progress is not None:
+                progress.update(len(texts))
         return replies
 
     def close(self) -> None:
@@ -95,25 +99,31 @@ class ChatModel:
             torch.cuda.empty_cache()
 
 
-def sharded_generate(model_path: str, jobs: list[tuple[str, list[dict], GenerationSettings]], args) -> dict[str, str]:
-    """Responses for (key, messages, settings) jobs, split across processes and gathered on every process."""
+def sharded_generate(model_path: str, jobs: list[tuple[str, list[dict], GenerationSettings]], *, dtype: str,
+                     batch_size: int, desc: str = "Responses") -> dict[str, str]:
+    """Responses for (key, messages, settings) jobs, split across processes and gathered on every process.
+
+    The main process shows a progress bar of its own share (the others run at the same pace)."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
     from transformers import set_seed
 
     state = PartialState()
-    model = ChatModel(model_path, args.dtype)
+    model = ChatModel(model_path, dtype)
     done: list[tuple[str, str]] = []
     with state.split_between_processes(jobs) as mine:
         by_settings: dict[str, tuple[GenerationSettings, list[tuple[str, list[dict]]]]] = {}
         for key, messages, settings in mine:
             by_settings.setdefault(stable_key(settings.as_dict()), (settings, []))[1].append((key, messages))
-        for settings, group in by_settings.values():
-            set_seed(settings.seed + state.process_index)
-            replies = model.generate(
-                [m for _, m in group], settings.max_new_tokens, settings.sampling, args.batch_size,
-                settings.chat_template_kwargs,
-            )
-            done.extend((key, reply) for (key, _), reply in zip(group, replies))
+        shard = f" (process 0's {len(mine)} of {len(jobs)})" if state.num_processes > 1 else ""
+        with tqdm(total=len(mine), desc=desc + shard, unit="response", disable=not state.is_main_process) as bar:
+            for settings, group in by_settings.values():
+                set_seed(settings.seed + state.process_index)
+                replies = model.generate(
+                    [m for _, m in group], settings.max_new_tokens, settings.sampling, batch_size,
+                    settings.chat_template_kwargs, progress=bar,
+                )
+                done.extend((key, reply) for (key, _), reply in zip(group, replies))
     model.close()
     return dict(gather_object(done))

@@ -1,7 +1,8 @@
-"""The judge: its prompt, how its verdicts are read, swap-and-tie resolution, win rates, and the two judges.
+"""Judging: the judge's prompt, how its verdicts are read, swap-and-tie resolution and win rates.
 
 A judge plays the run's user persona and compares two responses, labelled A and B; every pair is judged in both
-orders. Everything here but the two judge classes is pure and checked by hand in tests/test_evaluate.py.
+orders. Everything here but `judge_pairs` is pure and checked by hand in tests/test_evaluate.py; the judges
+themselves (a local model, Claude, an OpenAI-compatible server) are in judges.py.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
-
-from sdpo_interactions.evaluation.generation import ChatModel
-from sdpo_interactions.sampling import Sampling
+from typing import Iterable, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +38,18 @@ def judge_messages(persona: str, request: str, response_a: str, response_b: str)
             "content": JUDGE_TURN_TEMPLATE.format(request=request, response_a=response_a, response_b=response_b),
         },
     ]
+
+
+def judge_request(messages: list[dict[str, str]]) -> str:
+    """The request the judge reads: the last user turn, after the earlier turns of a multi-turn prompt (a held-out
+    conversation), so that a follow-up such as "shorter, please" is judged in its context."""
+    turns = [m for m in messages if m["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise ValueError(f"a prompt ends with the user's request: {messages!r}")
+    if len(turns) == 1:
+        return turns[0]["content"]
+    earlier = "\n\n".join(f"{'Me' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in turns[:-1])
+    return f"(Earlier in our conversation)\n{earlier}\n\n(My request now)\n{turns[-1]['content']}"
 
 
 _THINK_BLOCK = re.compile(r"<think>.*?(</think>|\Z)", re.S)
@@ -152,63 +162,6 @@ def summarize(outcomes: Iterable[str]) -> WinRate:
         ties=outcomes.count("tie"),
         invalid=outcomes.count("invalid"),
     )
-
-
-class LocalJudge:
-    """A local chat model as judge (Qwen3-8B in the paper's TL;DR setting), greedy by default."""
-
-    def __init__(self, model_name_or_path: str, args):
-        self.chat = ChatModel(model_name_or_path, args.dtype)
-        self.args = args
-
-    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
-        return self.chat.generate(
-            conversations,
-            self.args.judge_max_new_tokens,
-            Sampling(temperature=self.args.judge_temperature),
-            self.args.judge_batch_size,
-            self.args.chat_template_kwargs,
-        )
-
-    def close(self) -> None:
-        self.chat.close()
-
-
-class ClaudeJudge:
-    """Claude as judge (Haiku 4.5 in the paper's HelpSteer2 setting) through the simulator's concurrent client.
-
-    A request that still fails after the SDK's retries answers None: its pair is not recorded, so a re-run
-    asks again instead of storing a failure as a verdict.
-    """
-
-    def __init__(self, args):
-        from sdpo_interactions.chat_clients import ClaudeMessagesClient
-
-        self.args = args
-        self.client = ClaudeMessagesClient(
-            max_concurrency=args.claude_max_concurrency,
-            timeout=args.claude_timeout,
-            max_retries=args.claude_max_retries,
-        )
-
-    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
-        from sdpo_interactions.chat_clients import ChatRequest
-
-        requests = [
-            ChatRequest.from_chat(
-                self.args.judge_model, chat, max_tokens=self.args.judge_max_new_tokens,
-                temperature=self.args.judge_temperature,
-            )
-            for chat in conversations
-        ]
-        results = self.client.create_many(requests)
-        errors = [r.error for r in results if not r.ok]
-        if errors:
-            logger.warning("%d/%d Claude judge requests failed (first: %s)", len(errors), len(results), errors[0])
-        return [r.text if r.ok else None for r in results]
-
-    def close(self) -> None:
-        pass
 
 
 def judge_pairs(judge, pairs: list[dict]) -> list[dict]:

@@ -12,7 +12,12 @@ from sdpo_interactions.run_files import write_atomic
 TABLE_NAME = "win_rates"
 PLOT_NAME = "win_rate.png"
 TABLE_COLUMNS = ("step", "interactions", "checkpoint", "style", "pairs", "wins", "losses", "ties", "invalid", "win_rate", "stderr",
-                 "tie_rate", "baseline", "judge_model")
+                 "tie_rate", "baseline", "judge_model", "max_new_tokens", "mode")
+# What the interactions column counts, by the run's mode.
+INTERACTIONS_MEANING = {
+    "online": "answers the simulated user had replied to when the checkpoint was saved, over all processes",
+    "offline": "logged (answer, user reply) samples the checkpoint had trained on, over all processes",
+}
 
 
 def _fmt(value: float) -> str:
@@ -31,14 +36,19 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['step']} | {interactions} | {r['pairs']} | {r['wins']} | {r['losses']} | {r['ties']} | {r['invalid']} | {rate} | "
             f"{_fmt(r['tie_rate'])} |"
         )
+    return caption(rows) + "\n\n" + "\n".join(lines) + "\n"
+
+
+def caption(rows: list[dict]) -> str:
     first = rows[0]
-    caption = (
+    lengths = sorted({r["max_new_tokens"] for r in rows})
+    interactions = "; ".join(INTERACTIONS_MEANING[mode] for mode in dict.fromkeys(r["mode"] for r in rows))
+    return (
         f"Win rate of each checkpoint against `{first['baseline']}`, judged by `{first['judge_model']}` as the "
-        f"`{first['style']}` user; wins / (wins + losses), ties excluded, s.e. = sqrt(p(1-p)/(wins + losses)); "
-        "tie rate among pairs with a valid verdict. Interactions: answers the simulated user had replied to when "
-        "the checkpoint was saved, over all processes."
+        f"`{first['style']}` user; responses of up to {' or '.join(map(str, lengths))} new tokens; "
+        "wins / (wins + losses), ties excluded, s.e. = sqrt(p(1-p)/(wins + losses)); tie rate among pairs with a "
+        f"valid verdict. Interactions: {interactions}."
     )
-    return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
 def csv_table(rows: list[dict]) -> str:
