@@ -28,7 +28,9 @@ Variables (default):
   IFEVAL_DATA          local copy of google/IFEval (JSONL) instead of the Hub's (unset)
   ALPACA_EVAL_DATA     local AlpacaEval set with reference outputs (JSON) instead of the Hub's (unset)
   OUTPUT_DIR           where results go (unset: RUN_DIR/benchmarks)
-  PYTHON               python with the eval extra installed (python)
+  PYTHON               python of the training environment, with the eval extra (python)
+  HARNESS_PYTHON       python that runs the harnesses (unset: PYTHON); for BACKEND=vllm an environment made from
+                       requirements-eval-vllm.txt
 Options:
   --dry-run   print the settings and each harness's exact command, run nothing
   -h, --help  this help
@@ -43,7 +45,7 @@ sdpo_parse_args "$@"
 
 echo "settings:"
 sdpo_show RUN_DIR BENCHMARKS CKPTS BASE_MODEL BACKEND DTYPE BATCH_SIZE VLLM_TP LIMIT ANNOTATOR_MODEL ANNOTATOR_API_BASE \
-  IFEVAL_DATA ALPACA_EVAL_DATA OUTPUT_DIR
+  IFEVAL_DATA ALPACA_EVAL_DATA OUTPUT_DIR HARNESS_PYTHON
 echo "credentials:"
 sdpo_show_secrets ANNOTATOR_API_KEY OPENAI_API_KEY HF_TOKEN
 
@@ -68,7 +70,7 @@ cmd=("${PYTHON:-python}" -m sdpo_interactions.cli.eval_benchmarks --run_dir "${R
   --annotator_model "$ANNOTATOR_MODEL")
 if ((${#steps[@]})); then cmd+=(--ckpts "${steps[@]}"); fi
 for pair in BASE_MODEL:base_model LIMIT:limit ANNOTATOR_API_BASE:annotator_api_base IFEVAL_DATA:ifeval_data \
-  ALPACA_EVAL_DATA:alpaca_eval_data OUTPUT_DIR:output_dir; do
+  ALPACA_EVAL_DATA:alpaca_eval_data OUTPUT_DIR:output_dir HARNESS_PYTHON:harness_python; do
   name=${pair%%:*}
   if [[ -n "${!name:-}" ]]; then cmd+=("--${pair#*:}" "${!name}"); fi
 done

@@ -95,8 +95,11 @@ class HarnessSettings:
     """How the harnesses generate. Everything here is recorded with each result."""
 
     backend: str = field(default="auto", metadata={
-        "help": "Generation backend of both harnesses: hf (transformers), vllm, or auto (vllm when importable).",
-        "choices": list(BACKENDS)})
+        "help": "Generation backend of both harnesses: hf (transformers), vllm, or auto (vllm when the harness "
+                "Python has it).", "choices": list(BACKENDS)})
+    harness_python: Optional[str] = field(default=None, metadata={
+        "help": "The Python that runs the harnesses (default: this one). lm-eval's vLLM backend needs a vLLM newer "
+                "than the training pins allow: its own environment, requirements-eval-vllm.txt."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype.", "choices": list(DTYPES)})
     batch_size: int = field(default=8, metadata={"help": "Generation batch size."})
     device: Optional[str] = field(default=None, metadata={"help": "lm-eval --device (default: the harness's)."})
@@ -136,10 +139,22 @@ class HarnessSettings:
         for name in ("ifeval_data", "alpaca_eval_data"):
             if getattr(self, name) is not None and not os.path.isfile(getattr(self, name)):
                 problems.append(f"--{name}: no such file: {getattr(self, name)}")
+        if self.harness_python is None:
+            self.harness_python = sys.executable
+        elif not os.access(self.harness_python, os.X_OK):
+            problems.append(f"--harness_python: no such executable: {self.harness_python}")
         if problems:
             raise ValueError("; ".join(problems))
         if self.backend == "auto":
-            self.backend = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+            self.backend = "vllm" if python_has(self.harness_python, "vllm") else "hf"
+
+
+def python_has(python: str, module: str) -> bool:
+    """Whether `python` can import `module` (asked of that interpreter: it may be another environment's)."""
+    if python == sys.executable:
+        return importlib.util.find_spec(module) is not None
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([python, "-c", probe], capture_output=True, timeout=120).returncode == 0
 
 
 @dataclass
@@ -297,7 +312,7 @@ def local_ifeval_task(data_file: str) -> str:
 
 def lm_eval_cell(cell: Cell, settings: HarnessSettings) -> Cell:
     bench, task = cell.benchmark, cell.benchmark.task
-    command = [sys.executable, "-m", "lm_eval", "run", "--model", settings.backend, "--model_args",
+    command = [settings.harness_python, "-m", "lm_eval", "run", "--model", settings.backend, "--model_args",
                json.dumps(lm_eval_model_args(cell.model, settings))]
     if bench.name == "ifeval" and settings.ifeval_data:
         task_dir = cell.folder / "task"
@@ -380,7 +395,7 @@ def alpaca_eval_cell(cell: Cell, settings: HarnessSettings, annotator: Annotator
     cell.files[prompt_file] = lambda: alpaca_prompt_template(cell.model)
     cell.files[model_file] = lambda: yaml.safe_dump(alpaca_generator_config(cell.model, settings, prompt_file))
     cell.files[annotator_file] = lambda: yaml.safe_dump(annotator_config(annotator))
-    cell.command = [sys.executable, "-m", "alpaca_eval.main", "evaluate_from_model", "--model_configs",
+    cell.command = [settings.harness_python, "-m", "alpaca_eval.main", "evaluate_from_model", "--model_configs",
                     str(model_file), "--annotators_config", str(annotator_file), "--output_path",
                     str(cell.raw_output), "--precomputed_leaderboard", "None", "--is_cache_leaderboard", "False",
                     "--fn_metric", ALPACA_METRICS[settings.alpaca_metric], "--sort_by", settings.alpaca_metric]
@@ -412,8 +427,12 @@ def plan_cells(models: list[ModelUnderTest], benchmarks: list[str], output_dir: 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def harness_version(harness: str) -> str:
-    return importlib.metadata.version({"lm_eval": "lm-eval", "alpaca_eval": "alpaca-eval"}[harness])
+def harness_version(python: str, distribution: str) -> str:
+    """The installed version of a distribution in the harness's Python."""
+    if python == sys.executable:
+        return importlib.metadata.version(distribution)
+    probe = f"import importlib.metadata as m; print(m.version({distribution!r}))"
+    return subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120, check=True).stdout.strip()
 
 
 def cell_settings(cell: Cell, settings: HarnessSettings, annotator: AnnotatorSettings) -> dict:
@@ -478,7 +497,7 @@ def read_lm_eval_result(cell: Cell) -> dict:
                                                 "transformers": report.get("transformers_version")}}
 
 
-def read_alpaca_eval_result(cell: Cell, metric: str) -> dict:
+def read_alpaca_eval_result(cell: Cell, metric: str, python: str) -> dict:
     """The chosen win rate (percent) of this model, and the plain one, from alpaca_eval's leaderboard.csv."""
     import pandas as pd
 
@@ -491,12 +510,12 @@ def read_alpaca_eval_result(cell: Cell, metric: str) -> dict:
     return {"value": float(row[metric]), "stderr": float(row.get(stderr, "nan")),
             "win_rate": float(row["win_rate"]), "win_rate_stderr": float(row["standard_error"]),
             "n": int(row["n_total"]), "avg_length": int(row["avg_length"]), "raw": str(path),
-            "versions": {"alpaca-eval": harness_version("alpaca_eval")}}
+            "versions": {"alpaca-eval": harness_version(python, "alpaca-eval")}}
 
 
 def record_result(cell: Cell, settings: dict, command_text: str) -> dict:
     if cell.benchmark.harness == "alpaca_eval":
-        result = read_alpaca_eval_result(cell, settings["alpaca_metric"])
+        result = read_alpaca_eval_result(cell, settings["alpaca_metric"], settings["harness_python"])
     else:
         result = read_lm_eval_result(cell)
     result.update(label=cell.model.label, step=cell.model.step, benchmark=cell.benchmark.name,
