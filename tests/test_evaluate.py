@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -623,6 +624,19 @@ def test_every_missing_setting_is_reported_at_once(tmp_path, held_out, no_model_
                                                     style="poetic", system_prompt="general", max_new_tokens=5))
     assert [(p.mode, p.style, p.generation.system_prompt, p.generation.max_new_tokens) for p in plans] == [
         ("online", "poetic", "", 5), ("offline", "poetic", "", 5)]
+
+
+def test_the_command_line_reports_missing_settings_as_one_error(tmp_path, held_out, no_model_loads, monkeypatch,
+                                                                capsys):
+    fake_checkpoint(tmp_path / "checkpoint-1", settings=json.dumps({"mode": "offline", "max_completion_length": 8}))
+    monkeypatch.setattr(sys, "argv", ["evaluate_run.py", "--run_dir", str(tmp_path), "--ckpts", "1", "--data_path",
+                                      str(held_out)])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.cli()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Cannot evaluate with these run settings:\n") and "pass --style" in err
+    assert "Traceback" not in err
 
 
 def test_the_caption_says_what_the_interactions_of_each_mode_count():

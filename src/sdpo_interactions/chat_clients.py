@@ -23,7 +23,7 @@ import anthropic
 import httpx
 import openai
 
-from sdpo_interactions.run_files import write_atomic
+from sdpo_interactions.run_files import InputError, write_atomic
 from sdpo_interactions.users.registry import check_api_base  # SDK-free, so flags are checked without the SDKs
 
 logger = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ class ClaudeMessagesClient(ConcurrentChatClient):
         super().__init__(max_concurrency, timeout, max_retries, cache_dir)
         api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY", "")
         if not api_key.strip():
-            raise ValueError(f"ANTHROPIC_API_KEY is not set: export ANTHROPIC_API_KEY=... to use Claude (or {instead})")
+            raise InputError(f"ANTHROPIC_API_KEY is not set: export ANTHROPIC_API_KEY=... to use Claude (or {instead})")
         self._client = anthropic.Anthropic(
             api_key=api_key,
             base_url=base_url,

@@ -55,7 +55,15 @@ from sdpo_interactions.evaluation.judging import (
 from sdpo_interactions.evaluation.report import PLOT_NAME, TABLE_NAME, markdown_table, write_reports
 from sdpo_interactions.personas import resolve_persona
 from sdpo_interactions.prompts import SYSTEM_PROMPTS
-from sdpo_interactions.run_files import RUN_SETTINGS_NAME, append_jsonl, complete_checkpoints, iter_jsonl, read_run_settings
+from sdpo_interactions.run_files import (
+    RUN_SETTINGS_NAME,
+    InputError,
+    MissingInputError,
+    append_jsonl,
+    complete_checkpoints,
+    iter_jsonl,
+    read_run_settings,
+)
 from sdpo_interactions.sampling import Sampling
 
 logger = logging.getLogger(__name__)
@@ -224,7 +232,7 @@ def default_checkpoint_steps(run_dir: str) -> list[int]:
     """Every complete checkpoint of the run: what a default evaluation covers, whatever the run's length."""
     steps = [step for step, _ in complete_checkpoints(run_dir)]
     if not steps:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint-<N> folders to evaluate")
+        raise MissingInputError(f"{run_dir}: no complete checkpoint-<N> folders to evaluate")
     return steps
 
 
@@ -306,7 +314,7 @@ def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
     paths = [Path(args.run_dir) / f"checkpoint-{step}" for step in steps]
     missing = [problem for path in paths for problem in checkpoint_problems(path)]
     if missing:
-        raise FileNotFoundError("Cannot evaluate these checkpoints:\n  " + "\n  ".join(missing))
+        raise MissingInputError("Cannot evaluate these checkpoints:\n  " + "\n  ".join(missing))
     plans, problems = [], SettingsProblems()
     for step, path in zip(steps, paths):
         try:
@@ -320,7 +328,7 @@ def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
         mode = "offline" if is_offline(settings) else "online"
         plans.append(CheckpointPlan(step, path, style, persona, generation, interactions, mode))
     if problems:
-        raise ValueError("Cannot evaluate with these run settings:\n  " + "\n  ".join(problems))
+        raise InputError("Cannot evaluate with these run settings:\n  " + "\n  ".join(problems))
     return plans
 
 
@@ -369,7 +377,7 @@ def read_jsonl_by_key(path: Path) -> dict[str, dict]:
     records: dict[str, dict] = {}
     for where, record in iter_jsonl(path, tolerate_torn_tail=True):
         if not isinstance(record, dict) or "key" not in record:
-            raise ValueError(f'{where}: expected an object with a "key" field')
+            raise InputError(f'{where}: expected an object with a "key" field')
         records[record["key"]] = record
     return records
 

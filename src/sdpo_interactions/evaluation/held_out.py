@@ -15,7 +15,7 @@ from typing import Optional
 
 from sdpo_interactions.conversations import fit_prompt, raw_turns, read_conversations
 from sdpo_interactions.prompts import load_prompt_dataset
-from sdpo_interactions.run_files import iter_jsonl
+from sdpo_interactions.run_files import InputError, iter_jsonl
 
 
 def data_format(path: str) -> str:
@@ -25,9 +25,9 @@ def data_format(path: str) -> str:
             return "prompts"
         if isinstance(record, dict) and raw_turns(record) is not None:
             return "conversations"
-        raise ValueError(f'{where}: expected {{"prompt": "..."}} (a prompts file) or {{"messages": [...]}} '
+        raise InputError(f'{where}: expected {{"prompt": "..."}} (a prompts file) or {{"messages": [...]}} '
                          "(a conversations file)")
-    raise ValueError(f"{path}: no records")
+    raise InputError(f"{path}: no records")
 
 
 def conversation_prompts(path: str, system_prompt: str) -> list[list[dict[str, str]]]:
@@ -67,6 +67,6 @@ def load_held_out(path: str, system_prompt: str, *, tokenizer=None, max_prompt_t
         fitted = [fit_prompt(prompt, count, max_prompt_tokens)[0] for prompt in prompts]
         prompts = list({json.dumps(p): p for p in fitted if p is not None}.values())
     if not prompts:
-        raise ValueError(f"{path}: no prompts left after filtering (max_prompt_tokens={max_prompt_tokens})")
+        raise InputError(f"{path}: no prompts left after filtering (max_prompt_tokens={max_prompt_tokens})")
     random.Random(seed).shuffle(prompts)
     return prompts[:n] if n is not None else prompts
