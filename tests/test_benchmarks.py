@@ -12,7 +12,7 @@ import pytest
 
 from sdpo_interactions.evaluation.benchmark_report import markdown_table, table_rows
 from sdpo_interactions.evaluation.benchmarks import (
-    AnnotatorSettings, HarnessSettings, check_annotator_key, plan_cells, plan_models, punkt_data,
+    AnnotatorSettings, HarnessSettings, check_annotator_key, lm_eval_model_args, plan_cells, plan_models, punkt_data,
 )
 from sdpo_interactions.testing.judge_server import JudgeServer
 
@@ -61,7 +61,9 @@ def test_plan_covers_base_and_every_complete_checkpoint_with_the_run_template(tm
 
 
 def test_lora_checkpoints_load_over_their_base_in_both_harnesses(tmp_path):
-    run = make_run(tmp_path / "run", adapter=True)
+    run = make_run(tmp_path / "run", adapter=False)
+    (run / "checkpoint-2" / "config.json").unlink()  # what the planner reads of an adapter: its config
+    (run / "checkpoint-2" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(MODEL), "r": 4}))
     adapter = plan_models(str(run), ckpts=[], base_model=None)[1]
     assert adapter.base_model == str(MODEL) and adapter.path == str(run / "checkpoint-2")
     harness, annotator = HarnessSettings(backend="hf"), AnnotatorSettings()
@@ -73,6 +75,9 @@ def test_lora_checkpoints_load_over_their_base_in_both_harnesses(tmp_path):
         cells["alpaca_eval"].files[cells["alpaca_eval"].folder / "model_config.yaml"]()).values()))
     assert generator["completions_kwargs"]["model_name"] == str(MODEL)
     assert generator["completions_kwargs"]["adapters_name"] == adapter.path
+    vllm = lm_eval_model_args(adapter, HarnessSettings(backend="vllm", tensor_parallel_size=2))
+    assert (vllm["pretrained"], vllm["lora_local_path"], vllm["max_lora_rank"], vllm["tensor_parallel_size"]) == (
+        str(MODEL), adapter.path, 16, 2)  # rank 4 fits vLLM's smallest allowance
 
 
 def test_the_table_gives_deltas_to_the_base_model_by_hand():
@@ -170,7 +175,7 @@ def test_alpaca_eval_scores_the_judges_choices_through_faults_and_keeps_the_key_
 
 
 def test_the_scripts_dry_run_prints_each_harness_command(tmp_path):
-    run = make_run(tmp_path / "run", adapter=True)
+    run = make_run(tmp_path / "run", adapter=False)
     env = dict(os.environ, RUN_DIR=str(run), BENCHMARKS="ifeval mmlu_pro alpaca_eval", LIMIT="3",
                PYTHON=sys.executable, ANNOTATOR_API_KEY=SECRET)
     done = subprocess.run(["bash", str(REPO / "scripts" / "eval_benchmarks.sh"), "--dry-run"], env=env,

@@ -208,6 +208,7 @@ class ModelUnderTest:
     path: str  # hub id or folder of full weights, or the adapter folder
     base_model: Optional[str]  # the model an adapter loads over; None for full weights
     chat_template_kwargs: dict
+    lora_rank: Optional[int] = None  # an adapter's rank r, which vLLM must be told to allow
 
     @property
     def weights(self) -> str:
@@ -257,14 +258,15 @@ def template_kwargs(settings: dict) -> dict:
 
 def checkpoint_model(step: int, path: Path) -> tuple[ModelUnderTest, list[str]]:
     settings = read_run_settings(path)
-    base_model, problems = None, []
+    base_model, rank, problems = None, None, []
     if (path / ADAPTER_CONFIG).is_file():
-        base_model = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        adapter = json.loads((path / ADAPTER_CONFIG).read_text())
+        base_model, rank = adapter.get("base_model_name_or_path"), adapter.get("r")
         if not base_model:
             problems.append(f"{path / ADAPTER_CONFIG}: no base_model_name_or_path")
     elif not (path / "config.json").is_file():
         problems.append(f"{path}: neither a model (config.json) nor a LoRA adapter ({ADAPTER_CONFIG})")
-    return ModelUnderTest(path.name, step, str(path), base_model, template_kwargs(settings)), problems
+    return ModelUnderTest(path.name, step, str(path), base_model, template_kwargs(settings), rank), problems
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,6 +298,8 @@ def lm_eval_model_args(model: ModelUnderTest, settings: HarnessSettings) -> dict
                     gpu_memory_utilization=settings.gpu_memory_utilization)
         if model.base_model:
             args["lora_local_path"] = model.path
+            # vLLM allows these ranks; its default, 16, would refuse a larger adapter
+            args["max_lora_rank"] = next(r for r in (16, 32, 64, 128, 256, 512) if r >= (model.lora_rank or 16))
     elif model.base_model:
         args["peft"] = model.path
     return args
