@@ -818,7 +818,8 @@ def test_script_with_a_served_judge_and_old_flags_parses_with_evaluate(script, t
 def test_scripts_refuse_bad_input(tmp_path):
     assert run_script("eval_checkpoints_tldr.sh", "--bogus").returncode == 2
     assert run_script("eval_checkpoints_tldr.sh", "--dry-run", RUN_DIR=str(tmp_path), CKPTS="3 x").returncode == 2
-    assert run_script("eval_checkpoints_tldr.sh", "--dry-run", RUN_DIR=str(tmp_path), MAX_NEW_TOKENS="0").returncode == 2
+    zero = run_script("eval_checkpoints_tldr.sh", "--dry-run", RUN_DIR=str(tmp_path), MAX_NEW_TOKENS="0")
+    assert zero.returncode == 2 and "MAX_NEW_TOKENS must be a positive integer" in zero.stderr
     no_model = run_script("eval_checkpoints.sh", "--dry-run", RUN_DIR=str(tmp_path), JUDGE_API_BASE="http://j/v1")
     assert no_model.returncode == 2 and "JUDGE_API_MODEL is not" in no_model.stderr
     missing = run_script("eval_checkpoints_tldr.sh", RUN_DIR=str(tmp_path / "nope"))

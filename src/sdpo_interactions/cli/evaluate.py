@@ -160,7 +160,8 @@ class EvalArguments(JudgeArguments):
         elif self.persona_file is not None:
             raise ValueError("--persona_file needs --style: without it the judge plays each run's stored persona")
         if self.system_prompt is not None and self.system_prompt not in SYSTEM_PROMPTS:
-            raise ValueError(f"Unknown --system_prompt {self.system_prompt!r}; choose one of {', '.join(SYSTEM_PROMPTS)}")
+            raise ValueError(f"Unknown --system_prompt {self.system_prompt!r}; "
+                             f"choose one of {', '.join(SYSTEM_PROMPTS)}")
         kwargs = parse_json_object(self.chat_template_kwargs, "chat_template_kwargs")
         self.chat_template_kwargs = {"enable_thinking": False} if kwargs is None else kwargs
         self._check_numbers()
