@@ -40,13 +40,19 @@ class BenchmarkArguments:
     dry_run: bool = field(default=False, metadata={"help": "Print each harness's exact command; run nothing."})
 
     def __post_init__(self):
+        problems = []
         if self.run_dir is None:
-            raise ValueError("--run_dir is required: the training output folder holding checkpoint-<N>/ folders")
-        if not os.path.isdir(self.run_dir):
-            raise FileNotFoundError(f"--run_dir: no such folder: {self.run_dir}")
-        self.benchmarks = check_benchmarks(self.benchmarks)
+            problems.append("--run_dir is required: the training output folder holding checkpoint-<N>/ folders")
+        elif not os.path.isdir(self.run_dir):
+            problems.append(f"--run_dir: no such folder: {self.run_dir}")
+        try:
+            self.benchmarks = check_benchmarks(self.benchmarks)
+        except ValueError as err:
+            problems.append(str(err))
         if any(step < 0 for step in self.ckpts):
-            raise ValueError(f"--ckpts must be non-negative steps, got {self.ckpts}")
+            problems.append(f"--ckpts must be non-negative steps, got {self.ckpts}")
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.output_dir is None:
             self.output_dir = os.path.join(self.run_dir, "benchmarks")
 

@@ -1,5 +1,5 @@
 """The benchmark table in the paper's layout (one row per model, one column per benchmark, deltas to the base
-model) as Markdown and CSV, and a plot of each benchmark against the checkpoint step."""
+model) as Markdown and CSV, and a plot of each benchmark's change against the checkpoint step."""
 
 from __future__ import annotations
 
@@ -100,19 +100,24 @@ def _settings_text(settings: dict) -> str:
 
 
 def plot_benchmarks(rows: list[dict], benchmarks: list[str], path: Path) -> None:
-    """Each benchmark's score against the checkpoint step, the base model at step 0 (PNG)."""
+    """Each benchmark's change from the base model against the checkpoint step, the base model at step 0 (PNG).
+
+    Changes, not scores: the benchmarks' scales differ by tens of points while the effects are a point or two.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    ax.axhline(0, color="grey", linestyle="--", linewidth=1)
     for name in benchmarks:
-        points = [(row["step"] or 0, row[name]["value"]) for row in rows if row.get(name)]
+        points = [(row["step"] or 0, delta(row, rows[0], name)) for row in rows]
+        points = [(step, change) for step, change in points if change is not None]
         if points:
             ax.plot(*zip(*points), marker="o", label=BENCHMARKS[name].label)
     ax.set_xlabel("checkpoint step (0 = base model)")
-    ax.set_ylabel("score (%)")
+    ax.set_ylabel("change from the base model (points)")
     ax.set_title("benchmarks along the run", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
