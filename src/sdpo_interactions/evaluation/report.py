@@ -99,6 +99,13 @@ def plot_win_rates(rows: list[dict], path: Path) -> None:
     ax.set_title(f"baseline {baseline}\njudge {judge} as the {rows[0]['style']} user", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    write_png(fig, path)
+
+
+def write_png(fig, path: Path) -> None:
+    """Save a matplotlib figure as a PNG, atomically, and close it (a reader never sees half an image)."""
+    import matplotlib.pyplot as plt
+
     png = io.BytesIO()
     try:
         fig.savefig(png, format="png")
