@@ -17,7 +17,7 @@ Variables (default):
   BENCHMARKS           any of: alpaca_eval ifeval mmlu_pro truthfulqa hellaswag commonsense_qa (all of them)
   CKPTS                checkpoint steps, e.g. "100 200" (unset: every complete checkpoint-<N> of RUN_DIR)
   BASE_MODEL           the base model (unset: model_name_or_path in the run's sdpo_run_settings.json)
-  BACKEND              generation: hf, vllm, or auto = vllm where installed (auto)
+  BACKEND              generation: hf, vllm, or auto = vllm where HARNESS_PYTHON has vllm >= 0.18 (auto)
   DTYPE                weights dtype: auto, bfloat16, float16, float32 (auto)
   BATCH_SIZE           generation batch size (8)
   VLLM_TP              vLLM tensor-parallel size (1)

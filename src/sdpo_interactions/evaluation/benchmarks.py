@@ -14,7 +14,6 @@ not run again, so an interrupted evaluation resumes; changed settings run it afr
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ PACKAGED_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 DEFAULT_ANNOTATOR_MODEL = "gpt-4-1106-preview"
 OPENAI_API_BASE = "https://api.openai.com/v1"
 BACKENDS = ("auto", "hf", "vllm")
+LM_EVAL_MIN_VLLM = (0, 18)  # lm-eval 0.4.13's vllm extra
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 # AlpacaEval's metric functions by the leaderboard column they fill. LC fits AlpacaEval's GLM, which reads the
 # instruction difficulties of its 805 instructions from the Hub (tatsu-lab/alpaca_eval, df_gamed.csv).
@@ -96,7 +96,7 @@ class HarnessSettings:
 
     backend: str = field(default="auto", metadata={
         "help": "Generation backend of both harnesses: hf (transformers), vllm, or auto (vllm when the harness "
-                "Python has it).", "choices": list(BACKENDS)})
+                "Python has one lm-eval accepts, >= 0.18).", "choices": list(BACKENDS)})
     harness_python: Optional[str] = field(default=None, metadata={
         "help": "The Python that runs the harnesses (default: this one). lm-eval's vLLM backend needs a vLLM newer "
                 "than the training pins allow: its own environment, requirements-eval-vllm.txt."})
@@ -146,15 +146,19 @@ class HarnessSettings:
         if problems:
             raise ValueError("; ".join(problems))
         if self.backend == "auto":
-            self.backend = "vllm" if python_has(self.harness_python, "vllm") else "hf"
+            self.backend = "vllm" if vllm_usable(self.harness_python) else "hf"
 
 
-def python_has(python: str, module: str) -> bool:
-    """Whether `python` can import `module` (asked of that interpreter: it may be another environment's)."""
-    if python == sys.executable:
-        return importlib.util.find_spec(module) is not None
-    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
-    return subprocess.run([python, "-c", probe], capture_output=True, timeout=120).returncode == 0
+def vllm_usable(python: str) -> bool:
+    """Whether `python` (maybe another environment's) has a vLLM that lm-eval 0.4.13's backend accepts (>= 0.18).
+
+    The training environments' vLLM (0.10.2, for TRL) is older, so `auto` generates with transformers there.
+    """
+    try:
+        version = harness_version(python, "vllm")
+    except (importlib.metadata.PackageNotFoundError, subprocess.CalledProcessError):
+        return False
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2]) >= LM_EVAL_MIN_VLLM
 
 
 @dataclass
