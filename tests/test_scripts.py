@@ -378,8 +378,9 @@ def test_prepare_helpsteer_script_end_to_end_from_local_copy(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ recipes
-PAPER_SETTINGS = {"bf16": True, "gradient_checkpointing": True, "optim": "adamw_bnb_8bit",
-                  "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "temperature": 1.0, "num_train_epochs": 1,
+PAPER_SETTINGS = {"gradient_checkpointing": True, "optim": "adamw_torch_8bit",
+                  "optim_args": "bf16_stochastic_round=true", "lr_scheduler_type": "constant", "warmup_ratio": 0.0,
+                  "temperature": 1.0, "num_train_epochs": 1,
                   "save_strategy": "steps", "save_steps": 3, "logging_steps": 1, "loss_type": "grpo",
                   "model_init_kwargs": {"dtype": "bfloat16"}}
 
@@ -407,7 +408,7 @@ def test_printed_command_parses_with_train_py(experiment, tmp_path):
     proc = run(TRAINING[experiment]["script"], "--dry-run", "--", "--use_cpu", "true", env=env, cwd=tmp_path)
     argv = printed_command(proc.stdout)
     script_args, training_args, model_args = TrlParser(train.ARGUMENTS).parse_args_and_config(args=argv[2:])
-    assert training_args.optim == "adamw_bnb_8bit" and training_args.bf16 and training_args.save_steps == 3
+    assert training_args.optim == "adamw_torch_8bit" and training_args.bf16 and training_args.save_steps == 3
     assert training_args.learning_rate == 5e-6 and training_args.run_name == "parse-check"
     assert training_args.per_device_train_batch_size == int(TRAINING[experiment]["bs"])
     assert training_args.max_completion_length == 2048 and training_args.loss_type == "grpo"
