@@ -8,7 +8,10 @@ What it checks, on one CUDA GPU, in bf16 with gradient checkpointing (the recipe
 - the policy samples exactly as configured although its folder's generation_config.json says 0.6/0.95/20;
 - the teacher pass's peak memory over what was allocated before it, and generation + training tokens per second;
 - a LoRA step: only adapter weights move;
-- two offline steps on the shipped conversations.
+- two offline steps on the shipped conversations;
+- the precision setups of bench/bench_precision.py on the same policy (last 2 layers, 5 steps each): the share of
+  each update that reaches the weights, the step time and the peak memory, relative to today's recipe; the recipes'
+  setup must keep at least 95% of the update.
 vLLM is checked only if it imports. Each check prints PASS or FAIL; the exit status is 1 if any failed.
 The policy is random, so its answers are noise: this measures the code paths and their cost, not learning.
 """
@@ -162,6 +165,8 @@ def run(args) -> dict:
         del lora
 
         checks.append(offline_check(policy, f"{tmp}/offline", args))
+        results["precision"], check = precision_rows(policy)
+        checks.append(check)
 
     try:
         import vllm  # noqa: F401
@@ -188,6 +193,22 @@ def offline_check(policy: Path, output_dir: str, args) -> tuple[str, bool, str]:
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return "offline steps on logged conversations", len(losses) == 2 and all(map(_finite, losses)), f"losses {losses}"
+
+
+def precision_rows(policy: Path) -> tuple[list[dict], tuple[str, bool, str]]:
+    """bench/bench_precision.py's rows on this GPU (imported from beside this script), and the recipes' check."""
+    import bench_precision
+
+    rows = []
+    for setup in bench_precision.SETUPS:
+        options = argparse.Namespace(run=setup, lr=2e-6, model=str(policy), steps=5, tokens=64, train_layers=2,
+                                     device="cuda")
+        rows.append(bench_precision.run_one(options))
+        torch.cuda.empty_cache()
+    print(bench_precision.table(rows))
+    default = next(r for r in rows if r["setup"] == "default")
+    return rows, ("precision: the recipes' setup keeps the update (ratio >= 0.95)", default["applied_ratio"] >= 0.95,
+                  f"applied ratio {default['applied_ratio']:.3f}")
 
 
 def _finite(value: float) -> bool:
