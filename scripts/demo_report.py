@@ -33,7 +33,7 @@ def print_last_step(records: list[dict], mode: str, shown: int = 3) -> None:
     heading, answer, feedback = LAST_STEP[mode]
     last = max(r["step"] for r in records)
     print(f"\n{heading} (step {last}):")
-    width = len(answer) + 2
+    width = max(len(answer), len(feedback)) + 2
     for record in [r for r in records if r["step"] == last][:shown]:
         signal = record["signal"]
         print(f"  {answer + ':':<{width}}{record['completion'][:100]!r}")
