@@ -36,7 +36,8 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, load_prompt_dataset  # noqa: E402
 from sdpo_interactions.sampling import Sampling, generate_exactly  # noqa: E402
-from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer, derangement  # noqa: E402
+from sdpo_interactions import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
+from sdpo_interactions.core.maths import derangement  # noqa: E402
 from sdpo_interactions.users.base import UserSimulator  # noqa: E402
 
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.M)

@@ -53,7 +53,7 @@ def teacher_pass(trainer, teacher_texts, completion_ids, completion_mask) -> tup
         before = torch.cuda.memory_allocated()
     start = time.perf_counter()
     try:
-        trainer._teacher_logps(teacher_texts, completion_ids, completion_mask)
+        trainer.scorer.teacher_pass(teacher_texts, completion_ids, completion_mask)
     finally:
         hook.remove()
     if cuda:
@@ -85,7 +85,7 @@ def main() -> None:
                                       bf16=args.dtype == "bfloat16" and device == "cuda")
             trainer = OnlineSDPOTrainer(model=model, args=config, processing_class=tokenizer,
                                         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
-            teacher_texts = [trainer.teacher_context(p, "Too long, just the gist please.")[0] for p in prompts]
+            teacher_texts = [trainer.contexts.teacher_context(p, "Too long, just the gist please.")[0] for p in prompts]
             trainer.model.train()
             largest, peak, seconds = teacher_pass(trainer, teacher_texts, completion_ids, completion_mask)
             qwen3 = chunk * (args.completion_tokens + 1) * QWEN3_VOCAB * 4

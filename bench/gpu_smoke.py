@@ -96,7 +96,7 @@ class Probe:
         self.tokens = 0
         self.teacher_peak_gib = 0.0
         trainer.model.register_forward_pre_hook(self._count, with_kwargs=True)
-        teacher, generate = trainer._teacher_logps, trainer._generate_and_score_completions
+        teacher, generate = trainer.scorer.teacher_pass, trainer._generate_and_score_completions
 
         def measured_teacher(*args, **kwargs):
             torch.cuda.synchronize()
@@ -112,7 +112,7 @@ class Probe:
             self.tokens += int(out["completion_mask"].sum())
             return out
 
-        trainer._teacher_logps = measured_teacher
+        trainer.scorer.teacher_pass = measured_teacher
         trainer._generate_and_score_completions = counted_generation
 
     def _count(self, module, args, kwargs):

@@ -120,7 +120,7 @@ def recording_trainer(record: RecordArguments):
                         [ids[m].tolist() for ids, m in zip(inputs["completion_ids"], mask)], skip_special_tokens=True
                     ),
                     "teacher_logps": [
-                        lp[m].tolist() for lp, m in zip(inputs["teacher_per_token_logps"].float(), mask)
+                        lp[m].tolist() for lp, m in zip(inputs["teacher_logps"].float(), mask)
                     ],
                 },
             )

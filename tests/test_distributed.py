@@ -15,7 +15,7 @@ from sdpo_entry import common_flags, launch, signal_when_ready
 from sdpo_interactions.testing.runs import REQUESTS, SILENT_WORD, drop_weights, finish, naming_feedback, read_jsonl, write_prompts
 
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
-from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
+from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 
 STEPS = 2  # the two-process run is stopped by SIGTERM after this step
 SAMPLES_PER_STEP = 4

@@ -22,9 +22,9 @@ from sdpo_interactions.conversations import (
     read_conversations,
     token_limit_problem,
 )
-from sdpo_interactions.core.offline import first_tokens_mask, signal_weighted_nll
+from sdpo_interactions.core.maths import first_tokens_mask, signal_weighted_nll
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME, BadLinesError
-from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
+from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 from test_trainer import reference_logps
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from sdpo_entry import MODEL_DIR, ROOT, common_flags, launch, signal_when_ready
 from sdpo_interactions.testing.runs import SECRETS, drop_weights, finish, read_jsonl, start, subprocess_env, write_prompts
 
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
-from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
+from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 
 MAX_STEPS = 5
 STOP_AFTER = 4  # the signal arrives during this step; the run ends after it with a checkpoint

@@ -85,7 +85,7 @@ def test_the_model_defaults_would_override_a_plain_generate_call(trainer, ran_wi
 
 def test_policy_generation_samples_exactly_as_configured(trainer, ran_with):
     trainer.model.train()
-    trainer._generate([trainer._render(CHAT)] * 2, None)
+    trainer._generate([trainer.contexts.render(CHAT)] * 2, None)
     assert settings(ran_with[-1]) == {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": None}
     # The folder's own defaults are back afterwards: checkpoints save the model's generation_config unchanged.
     assert trainer.model.generation_config.temperature == 0.6

@@ -6,13 +6,11 @@ import pytest
 import torch
 
 from sdpo_interactions.prompts import last_user_text
-from sdpo_interactions.core.trainer import (
-    DEFAULT_HINDSIGHT_TEMPLATE,
-    OnlineSDPOConfig,
+from sdpo_interactions.core.config import OnlineSDPOConfig, cpu_processes_need_use_cpu
+from sdpo_interactions.core.hindsight import DEFAULT_HINDSIGHT_TEMPLATE, fit_request, hindsight_messages
+from sdpo_interactions.core.maths import (
     aggregate_loss,
-    cpu_processes_need_use_cpu,
-    fit_request,
-    hindsight_messages,
+    clip_signal,
     leave_one_out_baseline,
     loss_normalizer,
     masked_mean,
@@ -20,6 +18,7 @@ from sdpo_interactions.core.trainer import (
     ppo_clip_token_loss,
     sdpo_advantages,
 )
+from sdpo_interactions.core.objectives import OBJECTIVES, ObjectiveSettings, get_objective, sampled_token
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -60,7 +59,7 @@ def test_sequence_mean_centres_each_sequence_over_its_own_tokens():
     signal = torch.tensor([[1.0, 3.0, 100.0], [-2.0, 0.0, 2.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     has_feedback = torch.tensor([True, True])
-    adv = sdpo_advantages(signal, mask, "sequence_mean", has_feedback)
+    adv = sdpo_advantages(signal, mask, baseline="sequence_mean", has_feedback=has_feedback)
     # row 0: mean of (1, 3) = 2 -> (-1, 1), padding -> 0; row 1: mean 0 -> unchanged
     assert adv.tolist() == [[-1.0, 1.0, 0.0], [-2.0, 0.0, 2.0]]
 
@@ -68,7 +67,7 @@ def test_sequence_mean_centres_each_sequence_over_its_own_tokens():
 def test_raw_signal_and_missing_feedback_is_zero():
     signal = torch.tensor([[0.5, -0.25], [1.0, 1.0]])
     mask = torch.tensor([[1, 1], [1, 1]])
-    adv = sdpo_advantages(signal, mask, "none", torch.tensor([True, False]))
+    adv = sdpo_advantages(signal, mask, baseline="none", has_feedback=torch.tensor([True, False]))
     assert adv.tolist() == [[0.5, -0.25], [0.0, 0.0]]
 
 
@@ -80,9 +79,8 @@ def test_leave_one_out_baseline_by_hand():
     assert baseline.tolist() == pytest.approx([4.0, 3.5, 1.5, 30.0, 20.0, 10.0])
     lonely = leave_one_out_baseline(torch.tensor([5.0, 7.0]), torch.tensor([1.0, 0.0]), group_size=2)
     assert lonely.tolist() == [0.0, 5.0]
-    adv = sdpo_advantages(
-        torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 1]]), "leave_one_out", torch.tensor([True]), torch.tensor([0.5])
-    )
+    adv = sdpo_advantages(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 1]]), baseline="leave_one_out",
+                          has_feedback=torch.tensor([True]), sequence_baseline=torch.tensor([0.5]))
     assert adv.tolist() == [[0.5, 1.5]]
 
 
@@ -99,7 +97,7 @@ def test_ppo_clip_by_hand():
 def test_ppo_gradient_is_minus_advantage_on_policy():
     logps = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     adv = torch.tensor([[0.3, -0.7]])
-    loss, _ = ppo_clip_token_loss(logps, logps.detach(), adv, 0.2, 0.2)
+    loss, _ = ppo_clip_token_loss(logps, logps.detach(), adv, epsilon_low=0.2, epsilon_high=0.2)
     loss.sum().backward()
     assert logps.grad.tolist()[0] == pytest.approx([-0.3, 0.7])
 
@@ -107,7 +105,7 @@ def test_ppo_gradient_is_minus_advantage_on_policy():
 def test_sequence_level_ratio_is_geometric_mean():
     logps = torch.tensor([[math.log(2.0), math.log(0.5), 5.0]])
     mask = torch.tensor([[1, 1, 0]])
-    _, ratio = ppo_clip_token_loss(logps, torch.zeros(1, 3), torch.ones(1, 3), 10.0, 10.0,
+    _, ratio = ppo_clip_token_loss(logps, torch.zeros(1, 3), torch.ones(1, 3), epsilon_low=10.0, epsilon_high=10.0,
                                    sequence_level_ratio=True, mask=mask)
     assert ratio.shape == (1, 1) and ratio.item() == pytest.approx(1.0)
 
@@ -205,3 +203,74 @@ def test_several_processes_without_a_gpu_train_together():
     assert not cpu_processes_need_use_cpu(True, False, 2)
     assert not cpu_processes_need_use_cpu(False, True, 4)
     assert not cpu_processes_need_use_cpu(False, False, 1)
+
+
+def test_signal_clip_is_symmetric_and_off_by_default():
+    signal = torch.tensor([[-3.0, -0.5, 0.25, 4.0]])
+    assert clip_signal(signal, None) is signal
+    assert clip_signal(signal, 1.0).tolist() == [[-1.0, -0.5, 0.25, 1.0]]
+
+
+SETTINGS = ObjectiveSettings(advantage_baseline="none", signal_clip=None, epsilon_low=0.2, epsilon_high=0.2,
+                             delta=None, sequence_level_ratio=False)
+
+
+def test_sampled_token_without_a_behaviour_policy_is_the_signal_weighted_log_likelihood():
+    """On-policy answers and logged answers: loss -A*logp, gradient -A, and no importance ratio to clip."""
+    student = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    teacher = torch.tensor([[-0.5, -2.5, -0.5]])
+    mask = torch.tensor([[1, 1, 0]])
+    result = sampled_token(student_logps=student, teacher_logps=teacher, reference_logps=student.detach(),
+                           behaviour_logps=None, mask=mask, has_feedback=torch.tensor([True]),
+                           sequence_baseline=None, settings=SETTINGS)
+    # signal = teacher - student = (0.5, -0.5, 0); the padded third token gets advantage 0
+    assert result.token_values.tolist() == [[0.5, -0.5, 0.0]]
+    assert result.advantages.tolist() == [[0.5, -0.5, 0.0]]
+    assert result.ratio is None
+    assert result.per_token_loss.tolist()[0] == pytest.approx([0.5 * 1.0, -0.5 * 2.0, 0.0])
+    result.per_token_loss.sum().backward()
+    assert student.grad.tolist() == [[-0.5, 0.5, 0.0]]
+
+
+def test_sampled_token_with_a_behaviour_policy_is_ppo_and_matches_it_at_ratio_one():
+    student = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    kwargs = dict(teacher_logps=torch.tensor([[0.0, -1.0]]), reference_logps=torch.tensor([[-1.0, -2.0]]),
+                  mask=torch.tensor([[1, 1]]), has_feedback=torch.tensor([True]), sequence_baseline=None,
+                  settings=SETTINGS)
+    ppo = sampled_token(student_logps=student, behaviour_logps=torch.tensor([[-1.0, -2.0]]), **kwargs)
+    plain = sampled_token(student_logps=student, behaviour_logps=None, **kwargs)
+    assert ppo.ratio.tolist() == [[1.0, 1.0]]
+    (ppo_grad,) = torch.autograd.grad(ppo.per_token_loss.sum(), student)
+    (plain_grad,) = torch.autograd.grad(plain.per_token_loss.sum(), student)
+    assert ppo_grad.tolist() == plain_grad.tolist() == [[-1.0, -1.0]]
+    # far from the behaviour policy, the clip bites: ratio e^1 > 1.2 with a positive advantage -> loss -1.2 * A
+    far = sampled_token(student_logps=torch.tensor([[0.0, -1.0]]), behaviour_logps=torch.tensor([[-1.0, -2.0]]),
+                        **kwargs)
+    assert far.per_token_loss.tolist()[0] == pytest.approx([-1.2, -1.2])
+
+
+def test_signal_clip_applies_before_the_baseline():
+    settings = ObjectiveSettings(advantage_baseline="sequence_mean", signal_clip=1.0, epsilon_low=0.2,
+                                 epsilon_high=0.2, delta=None, sequence_level_ratio=False)
+    result = sampled_token(student_logps=torch.zeros(1, 2), teacher_logps=torch.tensor([[3.0, -1.0]]),
+                           reference_logps=torch.zeros(1, 2), behaviour_logps=None, mask=torch.ones(1, 2),
+                           has_feedback=torch.tensor([True]), sequence_baseline=None, settings=settings)
+    # clipped signal (1, -1), its mean 0: advantages (1, -1), not (2, -2) as the unclipped signal would give
+    assert result.advantages.tolist() == [[1.0, -1.0]]
+
+
+def test_an_unknown_objective_lists_the_choices():
+    assert get_objective("sampled_token") is OBJECTIVES["sampled_token"]
+    with pytest.raises(ValueError, match="choose one of sampled_token"):
+        get_objective("topk")
+
+
+def test_config_reports_every_problem_at_once(tmp_path):
+    with pytest.raises(ValueError) as err:
+        OnlineSDPOConfig(output_dir=str(tmp_path), loss_type="bnpo", advantage_baseline="median",
+                         distillation_mode="nope", teacher_model_kind="oracle", token_log_samples=-1,
+                         signal_clip=0.0, report_to=[])
+    message = str(err.value)
+    for expected in ("loss_type 'bnpo'", "advantage_baseline 'median'", "distillation_mode 'nope'",
+                     "teacher_model_kind 'oracle'", "token_log_samples must be >= 0", "signal_clip must be > 0"):
+        assert expected in message

@@ -16,7 +16,7 @@ from sdpo_interactions.testing.runs import REQUESTS, SECRETS, drop_weights, fini
 from sdpo_interactions.users.api import OpenAIStyleUserSimulator
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME
 from sdpo_interactions.sampling import Sampling
-from sdpo_interactions.core.trainer import TOKEN_LOG_NAME
+from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 from sdpo_interactions.users.base import StyleUserSimulator
 
 STYLE = "concise_casual_beginner"

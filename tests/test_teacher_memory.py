@@ -35,8 +35,8 @@ def scoring(model_dir, tmp_path_factory):
                                 train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
     eos = tokenizer.eos_token
     ids = tokenizer([a + eos for a in ANSWERS], add_special_tokens=False)["input_ids"]
-    completion_ids, completion_mask = trainer._pad_rows(ids, "right")
-    teacher_texts = [trainer.teacher_context(m, "Shorter, please.")[0] for m in prompts]
+    completion_ids, completion_mask = trainer._pad(ids, "right")
+    teacher_texts = [trainer.contexts.teacher_context(m, "Shorter, please.")[0] for m in prompts]
     trainer.model.train()  # training mode: the chunk is per_device_train_batch_size
     logps, seen = largest_logits(trainer, teacher_texts, completion_ids, completion_mask)
     return dict(trainer=trainer, teacher_texts=teacher_texts, completion_ids=completion_ids,
@@ -52,7 +52,7 @@ def largest_logits(trainer, teacher_texts, completion_ids, completion_mask):
 
     hook = trainer.model.register_forward_hook(record, with_kwargs=True)
     try:
-        logps, _ = trainer._teacher_logps(teacher_texts, completion_ids, completion_mask)
+        logps, _ = trainer.scorer.teacher_pass(teacher_texts, completion_ids, completion_mask)
     finally:
         hook.remove()
     return logps, seen

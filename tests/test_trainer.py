@@ -13,7 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME
-from sdpo_interactions.core.trainer import TOKEN_LOG_NAME, OnlineSDPOConfig, OnlineSDPOTrainer, TokenLog, derangement
+from sdpo_interactions import OnlineSDPOConfig, OnlineSDPOTrainer
+from sdpo_interactions.core.maths import derangement
+from sdpo_interactions.core.specificity import SpecificityWatch
+from sdpo_interactions.core.token_log import TOKEN_LOG_NAME, TokenLog
 from sdpo_interactions.users.base import UserSimulator
 
 REQUESTS = [
@@ -173,8 +176,8 @@ def test_chat_template_kwargs_reach_both_contexts(trained):
     )
     try:
         messages = prompt_messages(REQUESTS[0], SYSTEM_PROMPTS["tldr"])
-        teacher, _ = trainer.teacher_context(messages, "shorter")
-        student = trainer._render(messages)
+        teacher, _ = trainer.contexts.teacher_context(messages, "shorter")
+        student = trainer.contexts.render(messages)
     finally:
         trainer.tokenizer.chat_template = saved
     assert student.endswith("[thinking=False]") and teacher.endswith("[thinking=False]")
@@ -293,7 +296,7 @@ def test_score_signal_uses_the_training_contexts(trained, model_dir):
     trainer, tokenizer = trained["trainer"], trained["tokenizer"]
     messages = prompt_messages(REQUESTS[0], SYSTEM_PROMPTS["tldr"])
     (record,) = trainer.score_signal([messages], ["TL;DR: rent up 30%."], ["Way too short, explain the law."])
-    assert record["teacher_context"] == trainer.teacher_context(messages, "Way too short, explain the law.")[0]
+    assert record["teacher_context"] == trainer.contexts.teacher_context(messages, "Way too short, explain the law.")[0]
     assert record["completion_ids"][-1] == tokenizer.eos_token_id
     model = trainer.model.eval()
     student = reference_logps(model, tokenizer, record["student_context"], record["completion_ids"])
@@ -336,7 +339,7 @@ def test_the_stranger_signal_is_the_teacher_pass_under_another_samples_feedback(
     for record in [r for r in trained["records"] if r["step"] == 0 and r["stranger_feedback"] is not None]:
         assert record["stranger_feedback"] != record["feedback"]  # another request's reply, never its own
         messages = prompt_messages(record["prompt"], SYSTEM_PROMPTS["tldr"])
-        context, _ = trainer.teacher_context(messages, record["stranger_feedback"])
+        context, _ = trainer.contexts.teacher_context(messages, record["stranger_feedback"])
         ids = record["completion_ids"]
         stranger = reference_logps(model, tokenizer, context, ids)
         student = reference_logps(model, tokenizer, record["student_context"], ids)
@@ -366,14 +369,10 @@ def test_specificity_is_exactly_zero_when_all_feedback_is_identical(trained):
     assert trainer._metrics["train"]["sdpo/feedback_specificity"] == [0.0]
 
 
-def test_a_flat_specificity_warns_once(trained, caplog):
-    trainer = trained["trainer"]
-    saved = trainer.args.specificity_warn_after, trainer._flat_specificity
-    trainer.args.specificity_warn_after, trainer._flat_specificity = 2, 0
-    try:
-        with caplog.at_level("WARNING", logger="sdpo_trainer"):
-            for value in (0.001, 0.5, 0.0, 0.01, 0.0):  # the reset at 0.5, then two flat steps, then a third
-                trainer._watch_specificity(value)
-    finally:
-        trainer.args.specificity_warn_after, trainer._flat_specificity = saved
+def test_a_flat_specificity_warns_once(caplog):
+    watch = SpecificityWatch(minimum=0.02, patience=2)
+    with caplog.at_level("WARNING", logger="sdpo_interactions.core.specificity"):
+        for value in (0.001, 0.5, 0.0, 0.01, 0.0, None):  # the reset at 0.5, then two flat steps, then a third
+            watch.observe(value)
     assert caplog.text.count("does not seem to read its user's feedback") == 1
+    assert watch.flat_steps == 3

@@ -15,9 +15,9 @@ __version__ = "0.2.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "OnlineSDPOConfig": "sdpo_interactions.core.trainer",
+    "OnlineSDPOConfig": "sdpo_interactions.core.config",
     "OnlineSDPOTrainer": "sdpo_interactions.core.trainer",
-    "OfflineSDPOConfig": "sdpo_interactions.core.offline",
+    "OfflineSDPOConfig": "sdpo_interactions.core.config",
     "OfflineSDPOTrainer": "sdpo_interactions.core.offline",
     "UserSimulator": "sdpo_interactions.users.base",
     "StyleUserSimulator": "sdpo_interactions.users.base",
@@ -25,8 +25,9 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from sdpo_interactions.core.offline import OfflineSDPOConfig, OfflineSDPOTrainer
-    from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
+    from sdpo_interactions.core.config import OfflineSDPOConfig, OnlineSDPOConfig
+    from sdpo_interactions.core.offline import OfflineSDPOTrainer
+    from sdpo_interactions.core.trainer import OnlineSDPOTrainer
     from sdpo_interactions.users.base import StyleUserSimulator, UserSimulator
 
 

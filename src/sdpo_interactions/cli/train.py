@@ -23,6 +23,7 @@ from sdpo_interactions.cli.common import run_cli, train_and_save
 from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, load_prompt_dataset_with_counts, prompt_token_limit
 from sdpo_interactions.run_files import check_output_dir, resolve_checkpoint
+from sdpo_interactions.schedule import log_schedule
 from sdpo_interactions.users.registry import UserArguments, build_user_simulator
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_ar
         if script_args.val_jsonl else (None, None)
     )
     logger.info("Prompts: %d train, %s validation", len(train_dataset), len(eval_dataset) if eval_dataset else 0)
+    log_schedule(training_args, len(train_dataset), "prompts")  # as the launch scripts' dry runs print it
 
     if local_user:
         user_simulator = build_user_simulator(script_args, training_args.chat_template_kwargs)

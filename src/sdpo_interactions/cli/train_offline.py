@@ -21,6 +21,7 @@ from sdpo_interactions.cli.common import run_cli, train_and_save
 from sdpo_interactions.conversations import load_conversation_dataset
 from sdpo_interactions.core.offline import OfflineSDPOConfig, OfflineSDPOTrainer
 from sdpo_interactions.prompts import prompt_token_limit
+from sdpo_interactions.schedule import log_schedule
 from sdpo_interactions.run_files import check_output_dir, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig, 
     )
     train_dataset, counts = load_conversation_dataset(script_args.train_jsonl, n=script_args.train_n, **load)
     logger.info("Training samples: %d of %s", len(train_dataset), counts)
+    log_schedule(training_args, len(train_dataset), "samples")  # as the launch scripts' dry runs print it
     eval_dataset, eval_counts = None, None
     if script_args.val_jsonl:
         eval_dataset, eval_counts = load_conversation_dataset(script_args.val_jsonl, n=script_args.eval_n, **load)
