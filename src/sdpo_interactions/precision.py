@@ -192,10 +192,11 @@ class _Shadow:
         denom = (self.exp_avg_sq / (1 - beta2**self.steps)).sqrt_().add_(eps)
         return -lr * (self.exp_avg / (1 - beta1**self.steps) / denom + decay * self.before)
 
-    def after_step(self) -> tuple[float, float]:
+    def after_step(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(applied, computed) changes of the sampled elements, or None when the parameter had no gradient."""
         if self.grad is None:
-            return 0.0, 0.0
-        return applied_ratio(self.read(self.param) - self.before, self.computed())
+            return None
+        return self.read(self.param) - self.before, self.computed()
 
 
 class UpdatePrecisionCallback(TrainerCallback):
@@ -231,6 +232,8 @@ class UpdatePrecisionCallback(TrainerCallback):
             logger.info("%s is not measured: %s", METRIC_NAME, skip)
             return
         pairs = [(p, g) for g in groups for p in g["params"] if p.requires_grad and _local(p).numel()]
+        if not pairs:
+            return
         positions = sample_positions([_local(p).numel() for p, _ in pairs], self.sample_size, self.seed)
         self.shadows = [_Shadow(p, g, i) for (p, g), i in zip(pairs, positions) if len(i)]
 
@@ -239,10 +242,10 @@ class UpdatePrecisionCallback(TrainerCallback):
             shadow.before_step()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        for shadow in self.shadows:
-            applied, computed = shadow.after_step()
-            self.sums[0] += applied
-            self.sums[1] += computed
+        changes = [change for change in (shadow.after_step() for shadow in self.shadows) if change is not None]
+        if changes:  # one device sync per step, whatever the number of sampled tensors
+            applied, computed = applied_ratio(torch.cat([a for a, _ in changes]), torch.cat([c for _, c in changes]))
+            self.sums = [self.sums[0] + applied, self.sums[1] + computed]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs or self.sums[1] == 0:
