@@ -409,9 +409,18 @@ class OnlineSDPOTrainer(SDPOTrainerCore):
         )
 
     def _generate(self, prompts, images):
-        """TRL's generation, with the model folder's sampling defaults kept out (see sampling.py)."""
-        with model_defaults_ignored(self.accelerator.unwrap_model(self.model)):
-            return super()._generate(prompts, images)
+        """TRL's generation, with the model folder's sampling defaults kept out (see sampling.py).
+
+        TRL switches gradient checkpointing off to generate and back on with the library's defaults, which drops
+        `gradient_checkpointing_kwargs` (reentrant checkpointing again, and its false alarm in the no-grad teacher
+        pass): it is switched on again here as configured.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        with model_defaults_ignored(model):
+            generated = super()._generate(prompts, images)
+        if self.args.gradient_checkpointing and model.is_gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+        return generated
 
     def policy_sampling(self) -> dict:
         """The sampling the policy's answers are drawn with: exactly these values, on every generation backend."""
