@@ -63,10 +63,12 @@ def convert(out_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out_dir", type=Path, default=Path("models/smollm2-135m-instruct"))
+    # --out_dir is the flag's old name, still accepted.
+    parser.add_argument("--output_dir", "--out_dir", type=Path, default=Path("models/smollm2-135m-instruct"),
+                        help="folder of the converted model (default: models/smollm2-135m-instruct)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    convert(args.out_dir)
+    convert(args.output_dir)
 
 
 if __name__ == "__main__":

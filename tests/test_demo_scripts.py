@@ -42,7 +42,7 @@ def test_prepare_embedded_model_dry_run(tmp_path):
     proc = run("prepare_embedded_model.sh", "--dry-run", env={"OUT_DIR": str(out)})
     assert proc.returncode == 0, proc.stderr
     (command,) = commands(proc.stdout)
-    assert command == ["python", str(REPO / "scripts" / "convert_embedded_model.py"), "--out_dir", str(out)]
+    assert command == ["python", str(REPO / "scripts" / "convert_embedded_model.py"), "--output_dir", str(out)]
     assert not out.exists()
 
 
