@@ -132,13 +132,15 @@ def check_update_precision(model: torch.nn.Module, args, optimizer=None) -> Opti
 
 def optimizer_cls_and_kwargs(args, model: Optional[torch.nn.Module] = None) -> Optional[tuple[type, dict]]:
     """The optimizer for `Trainer.optimizer_cls_and_kwargs` when `optim_args` asks for `bf16_stochastic_round`
-    (transformers builds torchao's AdamW8bit/AdamW4bit without any optim_args); None leaves it to transformers."""
+    (transformers builds torchao's AdamW8bit/AdamW4bit without any optim_args); None leaves it to transformers.
+    Another `optim` on the command line over a recipe's optim_args ignores them, with a warning."""
     options = parse_optim_args(args.optim_args)
     if "bf16_stochastic_round" not in options:
         return None
     if args.optim not in STOCHASTIC_ROUNDING_OPTIMS:
-        raise ValueError(f"optim_args bf16_stochastic_round needs optim {' or '.join(STOCHASTIC_ROUNDING_OPTIMS)} "
-                         f"(torchao), got optim={args.optim}")
+        logger.warning("optim_args bf16_stochastic_round is ignored: only optim %s (torchao) rounds stochastically, "
+                       "optim is %s", " or ".join(STOCHASTIC_ROUNDING_OPTIMS), getattr(args.optim, "value", args.optim))
+        return None
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     return optimizer_cls, {**kwargs, "bf16_stochastic_round": options["bf16_stochastic_round"] == "true"}
 
