@@ -26,7 +26,7 @@ REQUESTS = [
     "Our team lead takes credit for my work in every meeting. Should I talk to HR?",
 ]
 RECORD_FIELDS = {
-    "step", "prompt", "completion", "feedback", "student_context", "teacher_context",
+    "step", "prompt", "completion", "feedback", "style", "student_context", "teacher_context",
     "completion_ids", "tokens", "logp_student", "logp_teacher", "signal", "stranger_feedback", "signal_unrelated",
 }
 

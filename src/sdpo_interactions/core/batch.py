@@ -53,6 +53,7 @@ class SDPOBatch:
     request_text: list[str]  # B
     completion_text: list[str]  # B
     feedback_text: list[str]  # B: the user's next message o ("" when there is none)
+    feedback_style: list[Optional[str]]  # B: the persona that wrote o (None: a logged user, no persona)
     student_context: list[str]  # B
     teacher_context: list[str]  # B: the hindsight context, exactly as y follows it in the teacher pass
     # At logging steps, a few answers scored again under another sample's feedback (the specificity metric).

@@ -35,6 +35,7 @@ def token_records(batch: SDPOBatch, student_logps: torch.Tensor, values: torch.T
                 "prompt": batch.request_text[i],
                 "completion": batch.completion_text[i],
                 "feedback": batch.feedback_text[i],
+                "style": batch.feedback_style[i],
                 "student_context": batch.student_context[i],
                 "teacher_context": batch.teacher_context[i],
                 "completion_ids": ids,

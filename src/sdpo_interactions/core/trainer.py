@@ -119,6 +119,10 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
     def feedback_source_settings(self) -> dict:
         """Who wrote the feedback, for the run settings (secret-free)."""
 
+    def feedback_style(self) -> Optional[str]:
+        """The persona writing the feedback of the batch being built (None: logged users, no persona)."""
+        return None
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         messages, answers, feedback, seconds = self._answers_and_feedback(inputs)
         batch = self._score_with_feedback(inputs, messages, answers, feedback, seconds)
@@ -173,7 +177,8 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
             loss_normalizer=self._loss_normalizer(answers.completion_mask, has_feedback),
             generation_step=torch.full((len(messages),), self.state.global_step, device=device),
             request_text=[last_user_text(m) for m in messages], completion_text=answers.completion_text,
-            feedback_text=list(feedback), student_context=answers.student_context,
+            feedback_text=list(feedback), feedback_style=[self.feedback_style()] * len(messages),
+            student_context=answers.student_context,
             teacher_context=list(teacher_texts), stranger_feedback=strangers, unrelated_teacher_logps=unrelated,
         )
         return batch, list(shortened), teacher_lengths
@@ -431,6 +436,9 @@ class OnlineSDPOTrainer(SDPOTrainerCore):
         sampling = Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or 0, min_p=self.min_p,
                             repetition_penalty=self.repetition_penalty)
         return {"backend": backend, **sampling.as_dict(), "generation_kwargs": self.args.generation_kwargs}
+
+    def feedback_style(self) -> Optional[str]:
+        return getattr(self.user_simulator, "style", None)
 
     def _simulator_metrics(self) -> dict:
         pop = getattr(self.user_simulator, "pop_metrics", None)
