@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 MODEL_DIR := models/smollm2-135m-instruct
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup model test demo demo-offline check-vllm-requirements check-eval-requirements clean
+.PHONY: setup model test test-slow demo demo-offline check-vllm-requirements check-eval-requirements clean
 
 setup: $(INSTALLED)
 
@@ -24,8 +24,14 @@ model: $(MODEL)
 $(MODEL): $(INSTALLED)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" OUT_DIR=$(MODEL_DIR) bash scripts/prepare_embedded_model.sh
 
+# Two tiers (the `slow` marker, pyproject.toml): `test` is the fast one, at most five minutes on two cores;
+# `test-slow` starts real processes and servers (torchrun, transformers serve, the scripts end to end, the harnesses).
+# Both print their slowest tests. .ci/run runs both.
 test: $(MODEL)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" --durations=25 tests
+
+test-slow: $(MODEL)
+	$(PY) -m pytest -q -m slow --durations=25 tests
 
 demo: $(MODEL)
 	bash scripts/demo.sh
