@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 from transformers import AutoTokenizer
 
@@ -23,8 +23,9 @@ from sdpo_interactions.cli.common import run_cli, train_and_save
 from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, load_prompt_dataset_with_counts, prompt_token_limit
 from sdpo_interactions.run_files import check_output_dir, resolve_checkpoint
-from sdpo_interactions.schedule import log_schedule
+from sdpo_interactions.schedule import Schedule, log_schedule
 from sdpo_interactions.users.registry import UserArguments, build_user_simulator
+from sdpo_interactions.users.style_schedule import BatchArithmetic, StyleSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_ar
     check_output_dir(training_args.output_dir)
     resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     peft_config = policy_init(model_args, training_args)
+    style_schedule = persona_schedule(script_args, training_args)
     max_prompt_tokens = prompt_token_limit(script_args.max_prompt_tokens, training_args.max_prompt_length)
     # An API user is set up first, so a missing key or a bad URL fails within a second; a local user model is
     # loaded only once the data has been checked, since loading it takes minutes.
@@ -79,7 +81,9 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_ar
         if script_args.val_jsonl else (None, None)
     )
     logger.info("Prompts: %d train, %s validation", len(train_dataset), len(eval_dataset) if eval_dataset else 0)
-    log_schedule(training_args, len(train_dataset), "prompts")  # as the launch scripts' dry runs print it
+    schedule = log_schedule(training_args, len(train_dataset), "prompts")  # as the launch scripts' dry runs print it
+    if style_schedule is not None:
+        log_persona_schedule(style_schedule, schedule)
 
     if local_user:
         user_simulator = build_user_simulator(script_args, training_args.chat_template_kwargs)
@@ -101,8 +105,25 @@ def main(script_args: ScriptArguments, training_args: OnlineSDPOConfig, model_ar
             "data_counts": counts,
             "val_data_counts": eval_counts,
         },
+        style_schedule=style_schedule,
     )
     train_and_save(trainer, resume)
+
+
+def persona_schedule(script_args: ScriptArguments, training_args: OnlineSDPOConfig) -> Optional[StyleSchedule]:
+    """--style_schedule on this run's batch arithmetic: a switch that is not on a step boundary stops here, before
+    any model loads."""
+    if script_args.style_schedule is None:
+        return None
+    return StyleSchedule.build(script_args.style_schedule, BatchArithmetic.of(training_args), script_args.persona_file)
+
+
+def log_persona_schedule(style_schedule: StyleSchedule, schedule: Optional[Schedule]) -> None:
+    """The phases and switch points (what the launch scripts print), and a persona the run never reaches."""
+    for line in style_schedule.describe(None if schedule is None else schedule.steps):
+        logger.info("%s", line)
+    for warning in style_schedule.warnings(schedule.steps, schedule.checkpoints) if schedule is not None else ():
+        logger.warning("%s", warning)
 
 
 def cli() -> None:

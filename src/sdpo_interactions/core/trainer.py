@@ -42,6 +42,7 @@ from sdpo_interactions.core.maths import (
 )
 from sdpo_interactions.core.metrics import SDPOMetrics
 from sdpo_interactions.core.objectives import ObjectiveSettings, get_objective
+from sdpo_interactions.core.persona_schedule import PersonaScheduleCallback
 from sdpo_interactions.core.run_record import RunRecord
 from sdpo_interactions.core.sampler import EpochSeededRepeatSampler
 from sdpo_interactions.core.scoring import HindsightScorer
@@ -52,6 +53,7 @@ from sdpo_interactions.prompts import last_user_text
 from sdpo_interactions.run_files import latest_complete_checkpoint
 from sdpo_interactions.sampling import Sampling, model_defaults_ignored
 from sdpo_interactions.users.base import UserSimulator
+from sdpo_interactions.users.style_schedule import StyleSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -372,16 +374,20 @@ class OnlineSDPOTrainer(SDPOTrainerCore):
 
     def __init__(self, model, user_simulator: Optional[UserSimulator] = None, args: Optional[OnlineSDPOConfig] = None,
                  train_dataset=None, eval_dataset=None, processing_class=None, reward_funcs=None, callbacks=None,
-                 optimizers=(None, None), peft_config=None, run_settings: Optional[dict] = None):
+                 optimizers=(None, None), peft_config=None, run_settings: Optional[dict] = None,
+                 style_schedule: Optional[StyleSchedule] = None):
         if user_simulator is not None and not callable(getattr(user_simulator, "generate_feedback", None)):
             raise TypeError(
                 f"user_simulator ({type(user_simulator).__name__}) has no generate_feedback(prompts, completions) "
                 "method; subclass sdpo_interactions.UserSimulator, whose docstring lists what a simulator provides"
             )
         self.user_simulator = user_simulator
+        self.style_schedule = style_schedule  # the user's persona by step (users/style_schedule.py), or None
         super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, reward_funcs=reward_funcs, callbacks=callbacks,
                          optimizers=optimizers, peft_config=peft_config, run_settings=run_settings)
+        if style_schedule is not None:
+            self.add_callback(PersonaScheduleCallback(style_schedule, user_simulator))
 
     def _answers_and_feedback(self, inputs):
         if self.user_simulator is None:
@@ -453,6 +459,8 @@ class OnlineSDPOTrainer(SDPOTrainerCore):
             "persona": getattr(user, "persona", None),
             "user_simulator": user.settings() if user is not None and hasattr(user, "settings") else None,
             "sampling": self.policy_sampling(),
+            "style_schedule": None if self.style_schedule is None else self.style_schedule.settings(
+                step=self.state.global_step, answers=self.record.interactions["answers"]),
         }
 
     def train(self, resume_from_checkpoint=None, **kwargs):

@@ -69,6 +69,8 @@ class UserSimulator(abc.ABC):
     - `style` and `persona`: the persona's name and text, when the simulator plays one (optional; they are
       recorded in the run settings so that an evaluation can judge with the same user).
     - `pop_metrics()` and `settings()`: metrics since the last call, and a secret-free description (optional).
+    - `set_persona(style, persona)`: play another persona from the next call on (a persona schedule calls it between
+      optimizer steps). The simulators here write every request from `persona`, so setting it is enough.
     """
 
     style: Optional[str] = None
@@ -88,6 +90,9 @@ class UserSimulator(abc.ABC):
         if self.persona is not None:
             settings["system_prompt"] = user_system_prompt(self.persona)
         return settings
+
+    def set_persona(self, style: str, persona: str) -> None:
+        self.style, self.persona = persona_for(style, persona)
 
 
 class StyleUserSimulator(UserSimulator):

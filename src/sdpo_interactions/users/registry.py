@@ -14,6 +14,7 @@ from sdpo_interactions.personas import resolve_persona
 
 # The paper's Claude user (and judge). Defined here, not in chat_clients, which loads the API SDKs (an extra).
 DEFAULT_CLAUDE_MODEL = "claude-haiku-4-5-20251001"
+DEFAULT_STYLE = "concise_casual_beginner"
 
 # The authors' simulated users: a local model replies in up to 128 tokens at temperature 0.7 (with Qwen3's top_p
 # 0.95 and top_k 20, which transformers filled in), Claude in up to 256 tokens at temperature 0. A served user
@@ -35,7 +36,14 @@ BACKEND_NEEDS = {
 class UserArguments:
     """The simulated user: its persona, which backend plays it, and that backend's sampling and client settings."""
 
-    style: str = field(default="concise_casual_beginner", metadata={"help": "Persona of the simulated user."})
+    style: str = field(default=DEFAULT_STYLE, metadata={"help": "Persona of the simulated user."})
+    style_schedule: Optional[str] = field(
+        default=None,
+        metadata={"help": "Personas in turn, STYLE:INTERACTIONS,...,STYLE (the last lasts to the end of the run), e.g. "
+                          "concise_casual_beginner:256,detailed_professional_expert. Interactions are answers the "
+                          "user replied to, over all processes; each switch must fall on an optimizer-step "
+                          "boundary. The run starts with the first persona (instead of --style)."},
+    )
     persona_file: Optional[str] = field(
         default=None,
         metadata={"help": "YAML or JSON file of style name -> persona description, adding to or overriding the "
@@ -96,6 +104,8 @@ class UserArguments:
 
     def __post_init__(self):
         # The persona file is read and checked here, before any model loads; the text is kept for the run.
+        if self.style_schedule is not None:
+            self._start_the_schedule()
         self.style, self.persona = resolve_persona(self.style, self.persona_file)
         if self.user_max_new_tokens is not None and self.user_max_new_tokens < 1:
             raise ValueError(f"--user_max_new_tokens must be >= 1, got {self.user_max_new_tokens}")
@@ -109,6 +119,17 @@ class UserArguments:
             raise ValueError(f"--user_api_max_retries must be >= 0, got {self.user_api_max_retries}")
         if not 0.0 <= self.user_api_max_failed_frac <= 1.0:
             raise ValueError(f"--user_api_max_failed_frac must be in [0, 1], got {self.user_api_max_failed_frac}")
+
+    def _start_the_schedule(self) -> None:
+        """Check the schedule's personas (its steps need the run's batch settings: cli/train.py); its first persona
+        is the user's to begin with."""
+        from sdpo_interactions.users.style_schedule import parse_style_schedule
+
+        first = parse_style_schedule(self.style_schedule, self.persona_file)[0].style
+        if self.style not in (DEFAULT_STYLE, first):
+            raise ValueError(f"--style {self.style} and --style_schedule (which starts with {first}) disagree; "
+                             "drop --style")
+        self.style = first
 
     def _fill_sampling_defaults(self) -> None:
         defaults = USER_DEFAULTS[self.user_backend]
