@@ -223,7 +223,7 @@ def eval_args(run_dir, held_out, model_dir, output_dir, **overrides):
     settings = dict(
         run_dir=str(run_dir), ckpts=[1, 2], data_path=str(held_out), eval_n=len(HELD_OUT), baseline=model_dir,
         judge="local", judge_model=model_dir, judge_max_new_tokens=2, output_dir=str(output_dir),
-        baseline_cache=str(Path(output_dir).parent / "baseline_responses.jsonl"),
+        baseline_cache=str(Path(output_dir).parent / "baseline_responses.jsonl"), oracle=False,
     )
     settings.update(overrides)
     return EvalArguments(**settings)
@@ -581,7 +581,8 @@ def test_offline_run_on_held_out_conversations_with_a_served_judge_and_max_new_t
     caplog.set_level(logging.INFO, logger=evaluate.__name__)
     out = tmp_path / "eval"
     args = EvalArguments(run_dir=str(offline_run), data_path=str(conversations_file), baseline=model_dir,
-                         style="no_emojis", max_new_tokens=3, output_dir=str(out), **served_judge_flags(served_judge))
+                         style="no_emojis", max_new_tokens=3, output_dir=str(out), oracle=False,
+                         **served_judge_flags(served_judge))
     rows = evaluate.evaluate(args)
     records = records_of(out / "judgments.jsonl")
     expected = conversation_prompts("")  # an offline run's prompts are the conversations as logged

@@ -67,6 +67,8 @@ class ChatRequest:
     A sampling field left at None is not sent, so the server's own default applies. `chat_template_kwargs` goes to
     an OpenAI-compatible server's chat template (vLLM and SGLang read it: `{"enable_thinking": false}` keeps a
     served Qwen3 from thinking); None sends none, since hosted APIs and transformers serve refuse the field.
+    `top_logprobs` asks an OpenAI-compatible server for that many most likely first tokens with their
+    log-probabilities (a judge reading its labels' probabilities); Claude has no such field.
     """
 
     model: str
@@ -77,6 +79,7 @@ class ChatRequest:
     top_p: Optional[float] = None
     top_k: Optional[int] = None
     chat_template_kwargs: Optional[dict] = None
+    top_logprobs: Optional[int] = None
 
     @classmethod
     def from_chat(cls, model: str, chat: list[dict[str, str]], max_tokens: int, **sampling) -> "ChatRequest":
@@ -90,6 +93,7 @@ class ChatRequest:
         fields = [self.model, self.system, list(self.messages), self.max_tokens, self.temperature]
         fields += [{"top_p": self.top_p, "top_k": self.top_k}] if (self.top_p, self.top_k) != (None, None) else []
         fields += [{"chat_template_kwargs": self.chat_template_kwargs}] if self.chat_template_kwargs is not None else []
+        fields += [{"top_logprobs": self.top_logprobs}] if self.top_logprobs is not None else []
         payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -99,7 +103,8 @@ class ChatResult:
     """The reply to one request: `text`, or `error` (what the API or the transport said) with `text == ""`.
 
     Token counts are the API's usage for this call (0 where a server reports none); a reply served from the cache
-    has `cached=True` and costs nothing now, although its stored usage is kept for reference.
+    has `cached=True` and costs nothing now, although its stored usage is kept for reference. `top_logprobs` holds
+    the first token's most likely tokens and their log-probabilities, when the request asked and the server told.
     """
 
     text: str
@@ -107,17 +112,18 @@ class ChatResult:
     input_tokens: int = 0
     output_tokens: int = 0
     cached: bool = False
+    top_logprobs: Optional[tuple[tuple[str, float], ...]] = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-def reply_result(text: str, why_it_ended: str, **tokens: int) -> ChatResult:
+def reply_result(text: str, why_it_ended: str, top_logprobs=None, **tokens: int) -> ChatResult:
     """A reply the API delivered: one with no text is a failure (never feedback), whatever the wire format."""
     if not text.strip():
         return ChatResult(text="", error=f"empty reply ({why_it_ended})", **tokens)
-    return ChatResult(text=text, **tokens)
+    return ChatResult(text=text, top_logprobs=top_logprobs, **tokens)
 
 
 class ResponseCache:
@@ -219,16 +225,20 @@ class ConcurrentChatClient(ABC):
         if key is not None:
             record = self.cache.get(key)
             if record is not None:
+                top = record.get("top_logprobs")
                 return ChatResult(
                     text=record["text"],
                     input_tokens=record.get("input_tokens", 0),
                     output_tokens=record.get("output_tokens", 0),
                     cached=True,
+                    top_logprobs=None if top is None else tuple((token, logprob) for token, logprob in top),
                 )
         result = self._call(request)
         if key is not None and result.ok:
             record = {"model": request.model, "text": result.text, "input_tokens": result.input_tokens,
                       "output_tokens": result.output_tokens}
+            if result.top_logprobs is not None:
+                record["top_logprobs"] = [list(pair) for pair in result.top_logprobs]
             try:
                 self.cache.put(key, record)
             except OSError as err:  # a full disk must not cost the reply we already paid for
@@ -298,9 +308,9 @@ class ClaudeMessagesClient(ConcurrentChatClient):
         return estimate_cost_usd(model, input_tokens, output_tokens)
 
     def _call(self, request: ChatRequest) -> ChatResult:
-        if (request.top_p, request.top_k, request.chat_template_kwargs) != (None, None, None):
-            raise ValueError("Claude is sent a temperature only; top_p, top_k and chat_template_kwargs are not "
-                             "supported")
+        if (request.top_p, request.top_k, request.chat_template_kwargs, request.top_logprobs) != (None,) * 4:
+            raise ValueError("Claude is sent a temperature only; top_p, top_k, chat_template_kwargs and top_logprobs "
+                             "are not supported")
         kwargs: dict = {"system": request.system} if request.system else {}
         if request.temperature is not None:
             kwargs["extra_body"] = {"temperature": request.temperature}
@@ -414,6 +424,8 @@ class OpenAIChatClient(ConcurrentChatClient):
         extra_body = {name: value for name, value in (("top_k", request.top_k),
                                                       ("chat_template_kwargs", request.chat_template_kwargs))
                       if value is not None} or None
+        if request.top_logprobs is not None:
+            sampling.update(logprobs=True, top_logprobs=request.top_logprobs)
         try:
             stream = self._client.chat.completions.create(
                 model=request.model,
@@ -424,13 +436,22 @@ class OpenAIChatClient(ConcurrentChatClient):
                 extra_body=extra_body,
                 **sampling,
             )
-            parts, finish_reason, usage = [], None, None
+            parts, finish_reason, usage, top = [], None, None, None
             for chunk in stream:
                 usage = chunk.usage or usage
                 for choice in chunk.choices[:1]:
                     parts.append(choice.delta.content or "")
                     finish_reason = choice.finish_reason or finish_reason
+                    top = top or first_token_top_logprobs(choice)
         except openai.OpenAIError as err:  # status errors, timeouts, connection errors, error events in the stream
             return ChatResult(text="", error=f"{type(err).__name__}: {err}")
         tokens = {"input_tokens": usage.prompt_tokens or 0, "output_tokens": usage.completion_tokens or 0} if usage else {}
-        return reply_result("".join(parts), f"finish_reason={finish_reason}", **tokens)
+        return reply_result("".join(parts), f"finish_reason={finish_reason}", top_logprobs=top, **tokens)
+
+
+def first_token_top_logprobs(choice) -> Optional[tuple[tuple[str, float], ...]]:
+    """(token, log-probability) of the most likely first tokens in a streamed choice, when it carries them."""
+    content = choice.logprobs.content if choice.logprobs is not None else None
+    if not content:
+        return None
+    return tuple((candidate.token, candidate.logprob) for candidate in content[0].top_logprobs or ())

@@ -14,7 +14,10 @@ judged twice with the positions swapped; two verdicts that disagree make the pai
 wins / (wins + losses), ties excluded.
 
 Held-out data is a prompts file or a conversations file (evaluation/held_out.py). An offline run learned from
-logged users, not from a persona, so it stores none: the judge then plays the persona --style names.
+logged users, not from a persona, so it stores none: the judge then plays the persona --style names. A run trained
+with a persona schedule (--style_schedule) is judged, unless --style says otherwise, under every persona of its
+schedule: a matrix of checkpoints by personas. The in-context oracle (the baseline with the persona in its system
+prompt, evaluation/oracle.py) is judged against the plain baseline under each persona too, unless --oracle false.
 
 Responses are greedy by default: the comparison then measures the models, not sampling noise, and the cached
 baseline responses stay valid for every checkpoint and every re-run. `--temperature` or `--use_run_temperature`
@@ -23,8 +26,9 @@ samples instead.
 Files in the output folder (default `<run_dir>/eval/`):
   judgments.jsonl          every judged pair: prompt, both responses, both verdicts and the judge's raw text
   baseline_responses.jsonl the baseline's responses, keyed by baseline model + generation settings + prompt
-  win_rates.md / .csv      one row per checkpoint
-  win_rate.png             win rate against step, with standard-error bars
+  win_rates.md / .csv      one row per checkpoint and persona judged as, and one per persona's oracle
+  win_rate.png             win rate against step, with standard-error bars, a line per persona, the oracles and
+                           a schedule's switch points
 A re-run skips the pairs already in judgments.jsonl, so an interrupted evaluation resumes without paying twice.
 Under `accelerate launch` generation (and local judging) is sharded across processes; the main process writes.
 
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +48,7 @@ from sdpo_interactions.cli.common import run_cli
 from sdpo_interactions.evaluation.generation import GenerationSettings, sharded_generate, stable_key
 from sdpo_interactions.evaluation.held_out import load_held_out
 from sdpo_interactions.evaluation.judges import JudgeArguments, build_judge, parse_json_object
+from sdpo_interactions.evaluation.oracle import oracle_system_prompt, with_persona_prompt
 from sdpo_interactions.evaluation.judging import (
     JUDGE_SYSTEM_TEMPLATE,
     JUDGE_TURN_TEMPLATE,
@@ -146,6 +151,11 @@ class EvalArguments(JudgeArguments):
         metadata={"help": "Baseline response cache, shareable between runs "
                   f"(default <output_dir>/{BASELINE_CACHE_NAME})."},
     )
+    oracle: bool = field(
+        default=True,
+        metadata={"help": "Also judge the in-context oracle under each persona: the baseline with the persona in its "
+                          "system prompt, against the plain baseline (a row of the table, a line of the plot)."},
+    )
     judge_persona: Optional[str] = field(default=None, init=False)  # the text of --style, resolved on parsing
 
     def __post_init__(self):
@@ -202,15 +212,26 @@ class EvalArguments(JudgeArguments):
 
 @dataclass
 class CheckpointPlan:
-    step: int
-    path: Path
+    """One model judged as one persona: a checkpoint, or (`kind` "oracle") the baseline told the persona."""
+
+    step: Optional[int]  # None for the oracle
+    path: Optional[Path]  # None for the oracle, whose model is the baseline
     style: str
     persona: str  # the text the judge plays
-    generation: GenerationSettings
+    generation: GenerationSettings  # how this model answers
     interactions: Optional[int] = None  # answers the user had replied to by this checkpoint, over all processes
     mode: str = "online"  # "offline": the replies came from logged conversations, not from a simulated user
     prompts: list = field(default_factory=list)  # chat messages, one list per held-out prompt
     pair_keys: list = field(default_factory=list)
+    kind: str = "checkpoint"
+    trained_on: Optional[str] = None  # the persona whose replies the checkpoint's last step learned from
+    switches: tuple = ()  # (step, style) where the run's persona schedule switched to `style`
+    policy_prompts: list = field(default_factory=list)  # what the judged model answers (the oracle's: persona told)
+    baseline_generation: Optional[GenerationSettings] = None  # the plain baseline's, for the oracle
+
+    @property
+    def name(self) -> str:
+        return "oracle" if self.kind == "oracle" else self.path.name
 
 
 def checkpoint_problems(path: Path) -> list[str]:
@@ -309,6 +330,25 @@ def judge_persona(settings: dict, args: EvalArguments, where: Path,
     return style, persona
 
 
+def judged_personas(settings: dict, args: EvalArguments, where: Path,
+                    problems: SettingsProblems) -> list[tuple[Optional[str], Optional[str]]]:
+    """Every (style, persona text) a checkpoint is judged as: each persona of a run's schedule, unless --style names
+    one; else the one judge_persona gives."""
+    schedule = settings.get("style_schedule")
+    if args.style is None and schedule:
+        return list(dict.fromkeys((phase["style"], phase["persona"]) for phase in schedule["phases"]))
+    return [judge_persona(settings, args, where, problems)]
+
+
+def schedule_facts(settings: dict) -> tuple[Optional[str], tuple]:
+    """(the persona the checkpoint trained on last, the schedule's switches as (step, style)) from run settings."""
+    schedule = settings.get("style_schedule")
+    if not schedule:
+        return settings.get("style"), ()
+    phases = schedule["phases"]
+    return schedule["active_style"], tuple((p["start_step"], p["style"]) for p in phases[1:])
+
+
 def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
     """Check every requested checkpoint and read its settings; all problems are reported together, early."""
     steps = sorted(set(args.ckpts)) or default_checkpoint_steps(args.run_dir)
@@ -323,14 +363,53 @@ def plan_checkpoints(args: EvalArguments) -> list[CheckpointPlan]:
         except ValueError as err:
             problems.append(str(err))
             continue
-        style, persona = judge_persona(settings, args, path, problems)
+        judged = judged_personas(settings, args, path, problems)
         generation = resolve_generation(settings, args, path, problems)
         interactions = (settings.get("interactions") or {}).get("with_feedback")
         mode = "offline" if is_offline(settings) else "online"
-        plans.append(CheckpointPlan(step, path, style, persona, generation, interactions, mode))
+        trained_on, switches = schedule_facts(settings)
+        warn_of_another_baseline(settings, args, path)
+        for style, persona in judged:
+            plans.append(CheckpointPlan(step, path, style, persona, generation, interactions, mode,
+                                        trained_on=None if mode == "offline" else trained_on, switches=switches))
     if problems:
         raise InputError("Cannot evaluate with these run settings:\n  " + "\n  ".join(problems))
     return plans
+
+
+def warn_of_another_baseline(settings: dict, args: EvalArguments, where: Path) -> None:
+    trained_from = settings.get("model_name_or_path")
+    if trained_from and trained_from != args.baseline:
+        logger.warning("%s was trained from %s, and is compared with --baseline %s", where.name, trained_from,
+                       args.baseline)
+
+
+def judge_identity(args: EvalArguments) -> list:
+    """What makes two judgments comparable: part of every pair's key. The log-probability protocol and its margin
+    count only when used, so that judgments made before the protocol was a setting keep their keys."""
+    judge = [args.judge, args.judge_model, args.judge_max_new_tokens, args.judge_temperature, JUDGE_SYSTEM_TEMPLATE,
+             JUDGE_TURN_TEMPLATE]
+    if args.judge_protocol != "letter":
+        judge.append({"protocol": args.judge_protocol, "tie_margin": args.judge_tie_margin})
+    return judge
+
+
+def plan_oracles(plans: list[CheckpointPlan], args: EvalArguments) -> list[CheckpointPlan]:
+    """The in-context oracle of each persona the checkpoints are judged as: the baseline with the persona appended to
+    the run's system prompt, on the same held-out prompts, answering with the run's other generation settings."""
+    oracles = {}
+    for plan in plans:
+        if plan.style in oracles:
+            continue
+        generation = replace(plan.generation, system_prompt=oracle_system_prompt(plan.generation.system_prompt,
+                                                                                 plan.persona))
+        oracle = CheckpointPlan(None, None, plan.style, plan.persona, generation, mode=plan.mode, prompts=plan.prompts,
+                                kind="oracle", baseline_generation=plan.generation,
+                                policy_prompts=[with_persona_prompt(m, plan.persona) for m in plan.prompts])
+        oracle.pair_keys = [stable_key("in-context oracle", args.baseline, generation.as_dict(), judge_identity(args),
+                                       plan.style, plan.persona, messages) for messages in plan.prompts]
+        oracles[plan.style] = oracle
+    return list(oracles.values())
 
 
 def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) -> None:
@@ -352,12 +431,11 @@ def attach_prompts_and_keys(plans: list[CheckpointPlan], args: EvalArguments) ->
                 seed=args.seed,
                 chat_template_kwargs=gen.chat_template_kwargs,
             )
-        plan.prompts = loaded[cache_key]
-        judge = [args.judge, args.judge_model, args.judge_max_new_tokens, args.judge_temperature,
-                 JUDGE_SYSTEM_TEMPLATE, JUDGE_TURN_TEMPLATE]
+        plan.prompts = plan.policy_prompts = loaded[cache_key]
         run_name = Path(args.run_dir).resolve().name
         plan.pair_keys = [
-            stable_key(run_name, plan.step, args.baseline, gen.as_dict(), judge, plan.style, plan.persona, messages)
+            stable_key(run_name, plan.step, args.baseline, gen.as_dict(), judge_identity(args), plan.style,
+                       plan.persona, messages)
             for messages in plan.prompts
         ]
 
@@ -425,6 +503,7 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
     state = PartialState()
     plans = plan_checkpoints(args)
     attach_prompts_and_keys(plans, args)
+    plans += plan_oracles(plans, args) if args.oracle else []
     # An API judge checks its key and URL here, before any model loads; a local one loads when it first judges.
     judge = build_judge(args, args.dtype)
     out_dir = Path(args.output_dir)
@@ -433,10 +512,13 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
     baseline_cache = read_jsonl_by_key(Path(args.baseline_cache))
     state.wait_for_everyone()  # every process has read the files before the main process appends to them
 
-    pending = {plan.step: [i for i, key in enumerate(plan.pair_keys) if key not in judged] for plan in plans}
-    logger.info("Pairs to judge: %s (already judged pairs are skipped)", {s: len(p) for s, p in pending.items()})
+    pending = [[i for i, key in enumerate(plan.pair_keys) if key not in judged] for plan in plans]
+    logger.info("Pairs to judge: %s (already judged pairs are skipped)",
+                {f"{plan.name} as {plan.style}": len(todo) for plan, todo in zip(plans, pending)})
     write_baseline_responses(args, plans, pending, baseline_cache, state.is_main_process)
-    pairs = [pair for plan in plans for pair in pairs_to_judge(args, plan, pending[plan.step], baseline_cache)]
+    responses = checkpoint_responses(args, plans, pending)
+    pairs = [pair for plan, todo in zip(plans, pending)
+             for pair in pairs_to_judge(args, plan, todo, responses, baseline_cache)]
 
     failed = run_judging(judge, pairs, judgments_path) if pairs else 0
     if not state.is_main_process:
@@ -448,19 +530,24 @@ def evaluate(args: EvalArguments) -> Optional[list[dict]]:
     for plan in plans:
         outcomes = [judged[key]["outcome"] for key in plan.pair_keys if key in judged]
         rows.append(table_row(plan, summarize(outcomes), args))
-    write_reports(rows, out_dir)
+    write_reports(rows, out_dir, switches=next((plan.switches for plan in plans if plan.switches), ()))
     return rows
 
 
-def write_baseline_responses(args: EvalArguments, plans: list[CheckpointPlan], pending: dict[int, list[int]],
+def write_baseline_responses(args: EvalArguments, plans: list[CheckpointPlan], pending: list[list[int]],
                              cache: dict[str, dict], write: bool) -> None:
-    """The baseline's response to every pending prompt not in the cache, added to it (and to its file if `write`)."""
+    """The baseline's response to every pending prompt not in the cache, added to it (and to its file if `write`):
+    the plain baseline's, and the oracle's (the baseline told the persona), with one load of the model."""
     jobs = {}
-    for plan in plans:
-        for i in pending[plan.step]:
-            key = baseline_key(args.baseline, plan.generation, plan.prompts[i])
-            if key not in cache:
-                jobs[key] = (key, plan.prompts[i], plan.generation)
+    for plan, todo in zip(plans, pending):
+        plain = plan.baseline_generation or plan.generation
+        for i in todo:
+            wanted = [(plan.prompts[i], plain)] + ([(plan.policy_prompts[i], plan.generation)]
+                                                   if plan.kind == "oracle" else [])
+            for messages, generation in wanted:
+                key = baseline_key(args.baseline, generation, messages)
+                if key not in cache:
+                    jobs[key] = (key, messages, generation)
     if not jobs:
         return
     logger.info("Baseline %s: %d responses to write", args.baseline, len(jobs))
@@ -476,31 +563,58 @@ def write_baseline_responses(args: EvalArguments, plans: list[CheckpointPlan], p
         append_jsonl(Path(args.baseline_cache), records)
 
 
-def pairs_to_judge(args: EvalArguments, plan: CheckpointPlan, pending: list[int], baseline: dict[str, dict]) -> list:
-    """The checkpoint's response to each pending prompt, next to the baseline's: one record per pair to judge."""
-    if not pending:
-        return []
-    logger.info("Checkpoint %s: %d responses to write", plan.path, len(pending))
-    jobs = [(plan.pair_keys[i], plan.prompts[i], plan.generation) for i in pending]
-    responses = sharded_generate(str(plan.path), jobs, dtype=args.dtype, batch_size=args.batch_size,
-                                 desc=f"{plan.path.name} responses")
+def checkpoint_responses(args: EvalArguments, plans: list[CheckpointPlan], pending: list[list[int]]) -> dict:
+    """Each checkpoint's response to every prompt still to be judged under any persona, written once per checkpoint
+    (its answer does not depend on who judges it): response key -> text."""
+    by_checkpoint: dict[Path, dict] = {}
+    for plan, todo in zip(plans, pending):
+        if plan.kind == "checkpoint":
+            jobs = by_checkpoint.setdefault(plan.path, {})
+            for i in todo:
+                key = response_key(plan, i)
+                jobs[key] = (key, plan.policy_prompts[i], plan.generation)
+    responses = {}
+    for path, jobs in by_checkpoint.items():
+        if jobs:
+            logger.info("Checkpoint %s: %d responses to write", path, len(jobs))
+            responses.update(sharded_generate(str(path), list(jobs.values()), dtype=args.dtype,
+                                              batch_size=args.batch_size, desc=f"{path.name} responses"))
+    return responses
+
+
+def response_key(plan: CheckpointPlan, i: int) -> str:
+    return stable_key(str(plan.path), plan.generation.as_dict(), plan.policy_prompts[i])
+
+
+def pairs_to_judge(args: EvalArguments, plan: CheckpointPlan, pending: list[int], responses: dict[str, str],
+                   baseline: dict[str, dict]) -> list:
+    """The judged model's response to each pending prompt, next to the baseline's: one record per pair to judge."""
     pairs = []
     for i in pending:
         messages = plan.prompts[i]
+        if plan.kind == "oracle":
+            policy = baseline[baseline_key(args.baseline, plan.generation, plan.policy_prompts[i])]["response"]
+        else:
+            policy = responses[response_key(plan, i)]
+        plain = plan.baseline_generation or plan.generation
         pairs.append({
             "key": plan.pair_keys[i],
             "step": plan.step,
-            "checkpoint": plan.path.name,
+            "checkpoint": plan.name,
+            "kind": plan.kind,
             "style": plan.style,
             "persona": plan.persona,
+            "trained_on": plan.trained_on,
             "baseline": args.baseline,
             "judge": args.judge,
             "judge_model": args.judge_model,
+            "judge_protocol": args.judge_protocol,
             "generation": plan.generation.as_dict(),
             "messages": messages,
+            **({"oracle_system_prompt": plan.policy_prompts[i][0]["content"]} if plan.kind == "oracle" else {}),
             "prompt": judge_request(messages),
-            "policy_response": responses[plan.pair_keys[i]],
-            "baseline_response": baseline[baseline_key(args.baseline, plan.generation, messages)]["response"],
+            "policy_response": policy,
+            "baseline_response": baseline[baseline_key(args.baseline, plain, messages)]["response"],
         })
     return pairs
 
@@ -509,8 +623,10 @@ def table_row(plan: CheckpointPlan, result: WinRate, args: EvalArguments) -> dic
     return {
         "step": plan.step,
         "interactions": plan.interactions,
-        "checkpoint": plan.path.name,
+        "checkpoint": plan.name,
+        "kind": plan.kind,
         "style": plan.style,
+        "trained_on": plan.trained_on,
         "pairs": result.pairs,
         "wins": result.wins,
         "losses": result.losses,
@@ -521,8 +637,10 @@ def table_row(plan: CheckpointPlan, result: WinRate, args: EvalArguments) -> dic
         "tie_rate": result.tie_rate,
         "baseline": args.baseline,
         "judge_model": args.judge_model,
+        "judge_protocol": args.judge_protocol,
         "max_new_tokens": plan.generation.max_new_tokens,
         "mode": plan.mode,
+        "oracle_system_prompt": plan.generation.system_prompt if plan.kind == "oracle" else None,
     }
 
 

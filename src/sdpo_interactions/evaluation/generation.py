@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -87,6 +88,48 @@ class ChatModel:
                 progress.update(len(texts))
         return replies
 
+    def label_logprobs(self, conversations: Sequence[list[dict]], labels: Sequence[str], batch_size: int,
+                       chat_template_kwargs: dict) -> list[dict[str, float]]:
+        """log p(label | conversation) as the answer's start, for each label: the best of its spellings
+        (LABEL_SPELLINGS, the authors' StyleJudge), a spelling of several tokens scoring the sum of their log-probs.
+
+        Spellings are grouped by all their tokens but the last, so one forward pass per group reads every spelling
+        that ends there: typically two passes, after the prompt itself and after a newline.
+        """
+        prompts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, **chat_template_kwargs)
+                   for m in conversations]
+        spellings = label_spellings(self.tokenizer, labels)
+        scores = [dict.fromkeys(labels, -math.inf) for _ in prompts]
+        for prefix in sorted({ids[:-1] for ids in spellings}):
+            for start in range(0, len(prompts), batch_size):
+                chunk = [list(p) + list(prefix) for p in prompts[start: start + batch_size]]
+                prefix_logps, next_logps = self._continuation_logps(chunk, len(prefix))
+                for row, (before, after) in enumerate(zip(prefix_logps, next_logps)):
+                    for ids, label in spellings.items():
+                        if ids[:-1] == prefix:
+                            score = before + after[ids[-1]].item()
+                            scores[start + row][label] = max(scores[start + row][label], score)
+        return scores
+
+    def _continuation_logps(self, sequences: list[list[int]], prefix_length: int):
+        """For token sequences ending in a prefix of `prefix_length` tokens: each prefix's summed log-prob after the
+        rest (B,), and the next token's log-probs (B, V). Left-padded, with positions counted from each sequence's
+        own start, so padding changes nothing; only the last prefix_length + 1 positions' logits are made."""
+        import torch
+
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=prefix_length + 1).logits
+        logps = torch.log_softmax(logits.float(), dim=-1)  # (B, prefix_length + 1, V)
+        prefix_ids = ids[:, width - prefix_length:] if prefix_length else ids[:, :0]
+        prefix = logps[:, :-1].gather(-1, prefix_ids.unsqueeze(-1)).squeeze(-1).sum(dim=1)
+        return prefix.tolist(), logps[:, -1]
+
     def close(self) -> None:
         """Free the weights before the next model loads (one 8B model per GPU at a time)."""
         import gc
@@ -97,6 +140,21 @@ class ChatModel:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+# How a judge may start its answer with a label: the authors' StyleJudge tries these and keeps the best.
+LABEL_SPELLINGS = ("{}", " {}", "\n{}", "\n {}")
+
+
+def label_spellings(tokenizer, labels: Sequence[str]) -> dict[tuple[int, ...], str]:
+    """Token ids of every spelling of every label -> the label (a spelling two labels share would be ambiguous)."""
+    spellings: dict[tuple[int, ...], str] = {}
+    for label in labels:
+        for spelling in LABEL_SPELLINGS:
+            ids = tuple(tokenizer.encode(spelling.format(label), add_special_tokens=False))
+            if ids and spellings.setdefault(ids, label) != label:
+                raise ValueError(f"the tokenizer spells labels {spellings[ids]!r} and {label!r} alike: {ids}")
+    return spellings
 
 
 def sharded_generate(model_path: str, jobs: list[tuple[str, list[dict], GenerationSettings]], *, dtype: str,

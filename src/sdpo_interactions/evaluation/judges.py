@@ -4,7 +4,9 @@ A local model judges on every process, each its share of the pairs (Qwen3-8B in 
 Claude (the paper's HelpSteer2 judge) and any OpenAI-compatible server (a vLLM-served Qwen3-8B that judges for
 all processes, started like scripts/serve_user_simulator.sh) are one client on the main process, many requests
 at a time, on the client layer of chat_clients.py. Every judge answers `complete(conversations)` with one text
-per conversation, or None where a request failed for good (its pair is then left for a re-run to judge).
+per conversation, or None where a request failed for good (its pair is then left for a re-run to judge); the local
+and the served judge also answer `label_logprobs(conversations)`, the log-probabilities of the labels A, B and C as
+the first token of the answer, for `--judge_protocol logprobs` (judging.py reads both).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from sdpo_interactions.evaluation.judging import DEFAULT_TIE_MARGIN, LABELS, label_logprobs
+from sdpo_interactions.run_files import InputError
 from sdpo_interactions.users.registry import DEFAULT_CLAUDE_MODEL, check_api_base, lookup
 
 logger = logging.getLogger(__name__)
@@ -28,6 +32,10 @@ DEPRECATED_FLAGS = {
     "claude_max_retries": "judge_api_max_retries",
 }
 API_DEFAULTS = {"judge_api_max_concurrency": 16, "judge_api_timeout": 60.0, "judge_api_max_retries": 8}
+# How a verdict is read (judging.judge_verdicts): the letter the judge writes, or its labels' log-probabilities.
+PROTOCOLS = ("letter", "logprobs")
+# First-token candidates a served judge is asked for: the most OpenAI's API and vLLM's default server allow.
+TOP_LOGPROBS = 20
 
 
 def parse_json_object(value, flag: str) -> Optional[dict]:
@@ -49,7 +57,9 @@ class LocalJudge:
     sharded = True  # every process judges its share of the pairs
 
     def __init__(self, model_name_or_path: str, *, max_new_tokens: int, temperature: float, batch_size: int,
-                 chat_template_kwargs: dict, dtype: str = "auto"):
+                 chat_template_kwargs: dict, dtype: str = "auto", protocol: str = "letter",
+                 tie_margin: float = DEFAULT_TIE_MARGIN):
+        self.protocol, self.tie_margin = protocol, tie_margin
         self.model_name_or_path = model_name_or_path
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -59,14 +69,22 @@ class LocalJudge:
         self.chunk_size = batch_size  # pairs per process between two appends of the judgments file
         self._chat = None
 
-    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+    def _model(self):
         from sdpo_interactions.evaluation.generation import ChatModel
-        from sdpo_interactions.sampling import Sampling
 
         if self._chat is None:
             self._chat = ChatModel(self.model_name_or_path, self.dtype)
-        return self._chat.generate(conversations, self.max_new_tokens, Sampling(temperature=self.temperature),
-                                   self.batch_size, self.chat_template_kwargs)
+        return self._chat
+
+    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+        from sdpo_interactions.sampling import Sampling
+
+        return self._model().generate(conversations, self.max_new_tokens, Sampling(temperature=self.temperature),
+                                      self.batch_size, self.chat_template_kwargs)
+
+    def label_logprobs(self, conversations: Sequence[list[dict]]) -> list[dict[str, float]]:
+        """From the model's logits: each label's best spelling, as the authors' StyleJudge scores it."""
+        return self._model().label_logprobs(conversations, LABELS, self.batch_size, self.chat_template_kwargs)
 
     def close(self) -> None:
         if self._chat is not None:
@@ -84,7 +102,9 @@ class ApiJudge:
     sharded = False
 
     def __init__(self, client, model: str, *, max_new_tokens: int, temperature: float,
-                 chat_template_kwargs: Optional[dict] = None):
+                 chat_template_kwargs: Optional[dict] = None, protocol: str = "letter",
+                 tie_margin: float = DEFAULT_TIE_MARGIN):
+        self.protocol, self.tie_margin = protocol, tie_margin
         self.client = client
         self.model = model
         self.max_new_tokens = max_new_tokens
@@ -92,12 +112,13 @@ class ApiJudge:
         self.chat_template_kwargs = chat_template_kwargs or None  # {} sends none
         self.chunk_size = 4 * client.max_concurrency
 
-    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+    def _ask(self, conversations: Sequence[list[dict]], **request) -> list:
+        """One result per conversation; failures are logged and left to the caller as results with an error."""
         from sdpo_interactions.chat_clients import ChatRequest
 
         requests = [
-            ChatRequest.from_chat(self.model, chat, max_tokens=self.max_new_tokens, temperature=self.temperature,
-                                  chat_template_kwargs=self.chat_template_kwargs)
+            ChatRequest.from_chat(self.model, chat, temperature=self.temperature,
+                                  chat_template_kwargs=self.chat_template_kwargs, **request)
             for chat in conversations
         ]
         results = self.client.create_many(requests)
@@ -105,7 +126,20 @@ class ApiJudge:
         if errors:
             logger.warning("%d/%d %s judge requests failed (first: %s)", len(errors), len(results),
                            self.client.wire, errors[0])
-        return [r.text if r.ok else None for r in results]
+        return results
+
+    def complete(self, conversations: Sequence[list[dict]]) -> list[Optional[str]]:
+        return [r.text if r.ok else None for r in self._ask(conversations, max_tokens=self.max_new_tokens)]
+
+    def label_logprobs(self, conversations: Sequence[list[dict]]) -> list[Optional[dict[str, Optional[float]]]]:
+        """The first token's most likely candidates (one token is generated): each label's best spelling among
+        them, None for a label outside them. A server that sends no log-probabilities cannot judge this way."""
+        results = self._ask(conversations, max_tokens=1, top_logprobs=TOP_LOGPROBS)
+        if any(r.ok and r.top_logprobs is None for r in results):
+            raise InputError(f"the judge at {self.client.base_url} returned no log-probabilities: --judge_protocol "
+                             "logprobs needs a server that answers `logprobs`/`top_logprobs` (vLLM, SGLang); use "
+                             "--judge_protocol letter with this one")
+        return [label_logprobs(r.top_logprobs) if r.ok else None for r in results]
 
     def close(self) -> None:
         pass
@@ -114,7 +148,7 @@ class ApiJudge:
 def _local_judge(args: JudgeArguments, dtype: str) -> LocalJudge:
     return LocalJudge(args.judge_model, max_new_tokens=args.judge_max_new_tokens, temperature=args.judge_temperature,
                       batch_size=args.judge_batch_size, chat_template_kwargs=args.judge_chat_template_kwargs,
-                      dtype=dtype)
+                      dtype=dtype, protocol=args.judge_protocol, tie_margin=args.judge_tie_margin)
 
 
 def _client_settings(args: JudgeArguments) -> dict:
@@ -135,7 +169,8 @@ def _openai_judge(args: JudgeArguments, dtype: str) -> ApiJudge:
 
     client = OpenAIChatClient(args.judge_api_base, **_client_settings(args), key_env=JUDGE_KEY_ENV)
     return ApiJudge(client, args.judge_model, max_new_tokens=args.judge_max_new_tokens,
-                    temperature=args.judge_temperature, chat_template_kwargs=args.judge_chat_template_kwargs)
+                    temperature=args.judge_temperature, chat_template_kwargs=args.judge_chat_template_kwargs,
+                    protocol=args.judge_protocol, tie_margin=args.judge_tie_margin)
 
 
 # JudgeArguments.judge -> the builder of that judge; each imports its own stack when called.
@@ -171,6 +206,19 @@ class JudgeArguments:
     judge_api_model: Optional[str] = field(
         default=None, metadata={"help": "Model name the --judge_api_base server serves (its /v1/models lists it)."}
     )
+    judge_protocol: str = field(
+        default="letter",
+        metadata={"help": "How a verdict is read: letter (the judge writes A, B or C; every judge, as the authors' "
+                          "released evaluation runs it) or logprobs (the log-probabilities of A, B and C as the first "
+                          "token, a tie unless A or B leads by --judge_tie_margin: the authors' StyleJudge; local and "
+                          "openai judges only, Claude exposes no label probabilities).",
+                  "choices": list(PROTOCOLS)},
+    )
+    judge_tie_margin: float = field(
+        default=DEFAULT_TIE_MARGIN,
+        metadata={"help": "--judge_protocol logprobs: the lead in nats the best label needs over the runner-up, "
+                          "else the verdict is a tie (0.1, as the authors' evaluation script sets it)."},
+    )
     judge_max_new_tokens: int = field(default=32, metadata={"help": "Longest judge answer, in tokens."})
     judge_temperature: float = field(default=0.0, metadata={"help": "Judge temperature; 0 is greedy/deterministic."})
     judge_batch_size: int = field(default=8, metadata={"help": "Local judge batch size per process."})
@@ -201,6 +249,12 @@ class JudgeArguments:
 
     def __post_init__(self):
         lookup(JUDGES, self.judge, "--judge")  # an unknown name lists the choices
+        lookup(dict.fromkeys(PROTOCOLS), self.judge_protocol, "--judge_protocol")
+        if self.judge_protocol == "logprobs" and self.judge == "claude":
+            raise ValueError("--judge_protocol logprobs needs the labels' log-probabilities, which Claude does not "
+                             "expose: use --judge local or --judge openai with it, or --judge_protocol letter")
+        if not self.judge_tie_margin >= 0:
+            raise ValueError(f"--judge_tie_margin must be >= 0 (nats), got {self.judge_tie_margin}")
         self._map_deprecated_flags()
         for name in ("judge_max_new_tokens", "judge_batch_size", "judge_api_max_concurrency"):
             if getattr(self, name) < 1:

@@ -1,7 +1,10 @@
 """Judging: the judge's prompt, how its verdicts are read, swap-and-tie resolution and win rates.
 
 A judge plays the run's user persona and compares two responses, labelled A and B; every pair is judged in both
-orders. Everything here but `judge_pairs` is pure and checked by hand in tests/test_evaluate.py; the judges
+orders. Its verdict is read by one of two protocols (`--judge_protocol`): `letter`, the text it writes (every judge,
+Claude included), or `logprobs`, the log-probabilities of the labels A, B and C as the first token of its answer,
+a tie within a margin (the authors' StyleJudge; a local or an OpenAI-compatible judge). Everything here but
+`judge_pairs` is pure and checked by hand in tests/test_evaluate.py and tests/test_judge_protocols.py; the judges
 themselves (a local model, Claude, an OpenAI-compatible server) are in judges.py.
 """
 
@@ -99,6 +102,44 @@ def parse_verdict(text: Optional[str]) -> Optional[str]:
     return None
 
 
+LABELS = ("A", "B", "C")
+# The authors' tie margin in nats, as their evaluation script builds the judge (--tie_margin 0.1; StyleJudge's own
+# default is 0.05).
+DEFAULT_TIE_MARGIN = 0.1
+
+
+def label_logprobs(candidates: Iterable[tuple[str, float]]) -> dict[str, Optional[float]]:
+    """Each label's log-probability among a first token's candidates: the best of the tokens that read as the label
+    once whitespace is stripped ("A", " A", "\nA", the authors' spellings), None for a label not among them."""
+    scores: dict[str, Optional[float]] = dict.fromkeys(LABELS)
+    for token, logprob in candidates:
+        label = token.strip()
+        if label in scores and (scores[label] is None or logprob > scores[label]):
+            scores[label] = logprob
+    return scores
+
+
+def verdict_from_label_logprobs(scores: dict[str, Optional[float]], margin: float) -> Optional[str]:
+    """The authors' rule: the most likely label is the verdict when it is A or B and leads the runner-up by at least
+    `margin` (nats); otherwise a tie, "C". None when no label is among the candidates (the judge answered something
+    else: an invalid verdict, as an unreadable letter is)."""
+    known = sorted(((lp, label) for label, lp in scores.items() if lp is not None), reverse=True)
+    if not known:
+        return None
+    best, label = known[0]
+    runner_up = known[1][0] if len(known) > 1 else -math.inf
+    return label if label != "C" and best - runner_up >= margin else "C"
+
+
+def judge_verdicts(judge, conversations: list[list[dict]]) -> list[Optional[tuple[object, Optional[str]]]]:
+    """(what the judge answered, its verdict) per conversation, by the judge's protocol; None where its request
+    failed. The answer is the text (`letter`) or the labels' log-probabilities (`logprobs`)."""
+    if judge.protocol == "logprobs":
+        return [None if scores is None else (scores, verdict_from_label_logprobs(scores, judge.tie_margin))
+                for scores in judge.label_logprobs(conversations)]
+    return [None if text is None else (text, parse_verdict(text)) for text in judge.complete(conversations)]
+
+
 def outcome_for_policy(verdict: Optional[str], policy_label: str) -> Optional[str]:
     """"win", "loss" or "tie" for the policy whose response was labelled `policy_label`; None for no verdict."""
     if verdict is None:
@@ -174,14 +215,14 @@ def judge_pairs(judge, pairs: list[dict]) -> list[dict]:
         request, policy, baseline = pair["prompt"], pair["policy_response"], pair["baseline_response"]
         conversations.append(judge_messages(pair["persona"], request, policy, baseline))
         conversations.append(judge_messages(pair["persona"], request, baseline, policy))
-    texts = judge.complete(conversations)
+    answers = judge_verdicts(judge, conversations)
     records = []
     for i, pair in enumerate(pairs):
-        raw = [texts[2 * i], texts[2 * i + 1]]
-        if None in raw:
+        both = answers[2 * i: 2 * i + 2]
+        if None in both:
             continue
-        verdicts = [parse_verdict(t) for t in raw]
+        verdicts = [verdict for _, verdict in both]
         outcomes = [outcome_for_policy(verdicts[0], "A"), outcome_for_policy(verdicts[1], "B")]
         records.append({**pair, "verdicts": verdicts, "outcomes": outcomes, "outcome": resolve_pair(*outcomes),
-                        "raw_judgments": raw})
+                        "raw_judgments": [raw for raw, _ in both]})
     return records

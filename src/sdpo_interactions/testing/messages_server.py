@@ -12,7 +12,10 @@ so a caller can check that every reply went back to the request that asked for i
         server.hits("3")   # -> 2
 
 The reply function is pluggable (`reply=`): it receives the parsed request body and returns the reply text,
-e.g. a canned verdict for a judge test.
+e.g. a canned verdict for a judge test. An OpenAI request that asks for log-probabilities (`logprobs`,
+`top_logprobs`) gets the first token's candidates that `logprobs=` returns for its body, as (token, log-probability)
+pairs, most likely first, the way vLLM reports them; without `logprobs=` the server ignores the request's field, as
+servers that do not support it do.
 """
 
 from __future__ import annotations
@@ -85,8 +88,10 @@ class LoggedRequest:
 class MessagesServer:
     """POST /v1/messages on an ephemeral port, one thread per connection; start()/stop() or a `with` block."""
 
-    def __init__(self, reply: Callable[[dict], str] = echo_reply, latency: float = 0.0):
+    def __init__(self, reply: Callable[[dict], str] = echo_reply, latency: float = 0.0,
+                 logprobs: Optional[Callable[[dict], list[tuple[str, float]]]] = None):
         self.reply = reply
+        self.logprobs = logprobs
         self.latency = latency
         self.requests: list[LoggedRequest] = []
         self.in_flight = 0
@@ -231,18 +236,29 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send(200, json.dumps(message).encode(), {})
 
+    def _first_token_logprobs(self, body: dict) -> Optional[dict]:
+        """The `logprobs` of a choice whose first token has the test's candidates, when the request asked."""
+        if self.owner.logprobs is None or not body.get("logprobs"):
+            return None
+        candidates = self.owner.logprobs(body)[: body.get("top_logprobs") or 1]
+        top = [{"token": token, "logprob": logprob, "bytes": list(token.encode())} for token, logprob in candidates]
+        return {"content": [{**top[0], "top_logprobs": top}]}
+
     def _send_chat_completion(self, body: dict, text: str):
         """A chat completion: SSE chunks (text word by word, then usage when asked for) or one JSON object."""
         usage = {"prompt_tokens": len(request_text(body).split()), "completion_tokens": len(text.split())}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         base = {"id": f"chatcmpl-{len(self.owner.requests):06d}", "created": 0, "model": body.get("model", "?")}
+        logprobs = self._first_token_logprobs(body)
         if not body.get("stream"):
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                      "logprobs": logprobs}
             reply = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
             return self._send(200, json.dumps(reply).encode(), {})
         chunk = {**base, "object": "chat.completion.chunk"}
         deltas = [{"role": "assistant", "content": ""}] + [{"content": w} for w in re.split(r"(?<= )", text) if w]
-        events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        events = [{**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None,
+                                         "logprobs": logprobs if i == 1 else None}]} for i, d in enumerate(deltas)]
         events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**chunk, "choices": [], "usage": usage})
