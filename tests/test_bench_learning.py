@@ -41,8 +41,8 @@ def test_the_control_gives_each_answer_another_answers_reply():
     assert control == [real[1], real[2], real[0]]
 
 
-def test_all_three_arms_run_and_share_the_same_starting_point(model_dir, tmp_path):
-    rows = bench_learning.main(["--model", model_dir, "--steps", "1", "--completion", "8", "--eval_n", "2",
+def test_all_three_arms_run_and_share_the_same_starting_point(tiny_model_dir, tmp_path):
+    rows = bench_learning.main(["--model", tiny_model_dir, "--steps", "1", "--completion", "8", "--eval_n", "2",
                                 "--out", str(tmp_path / "rows.json")])
     assert [r["arm"] for r in rows] == ["sdpo", "deranged", "grpo"]
     # The same base model answers the held-out prompts greedily before any training: the same score for every arm.

@@ -1,6 +1,7 @@
 """evaluate.py: verdict parsing, swap-and-tie resolution and win-rate arithmetic by hand; early errors; the Claude
-judge through the real `anthropic` SDK against a loopback server; end-to-end runs on the embedded model with two
-checkpoints of a real short training run; resume; and the two launch scripts' dry runs.
+judge through the real `anthropic` SDK against a loopback server; end-to-end runs with two checkpoints of a real
+short training run of the tiny random model (tests/conftest.py), which also answers as the baseline and the local
+judge (its verdicts are noise, which the records must then show as such); resume; and the launch scripts' dry runs.
 """
 
 import csv
@@ -42,7 +43,8 @@ from sdpo_interactions.personas import STYLE_PERSONAS
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME, append_jsonl
 from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from sdpo_interactions.users.base import UserSimulator
+
+from fakes import CannedUser
 
 REPO = Path(__file__).resolve().parents[1]
 STYLE = "concise_casual_beginner"
@@ -53,7 +55,7 @@ HELD_OUT = [
     "Ticket ID:p1 - my laptop fan is loud all the time. Is that bad?",
     "Is it rude to leave a party without saying goodbye?",
 ]
-LOCAL_N = 1  # a local judge prompt is ~240 tokens, slow on two shared CPU cores: the local run judges one request
+LOCAL_N = 1  # the local run judges one request (a judge prompt is ~240 tokens)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -172,16 +174,6 @@ def test_jsonl_reads_skip_a_torn_last_line_and_appends_start_a_fresh_one(tmp_pat
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class CannedUser(UserSimulator):
-    """A fixed reply: the checkpoints only need to come from real training steps, not from a real user."""
-
-    style = STYLE
-    persona = "You want one short line, no more. (The text this run trained with.)"
-
-    def generate_feedback(self, prompts, completions):
-        return ["Way too long, just give me one short line." for _ in prompts]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Two OpenMP threads on two CPU cores shared with other jobs spin against each other: one is faster here."""
@@ -192,7 +184,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def run_dir(model_dir, tmp_path_factory):
+def run_dir(tiny_model_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run")
     args = OnlineSDPOConfig(
         output_dir=str(output_dir), per_device_train_batch_size=1, gradient_accumulation_steps=1, max_steps=2,
@@ -201,9 +193,9 @@ def run_dir(model_dir, tmp_path_factory):
     )
     requests = ["Summarise: my neighbour mows his lawn at 6am every Sunday.", "Summarise: I lost my keys twice."]
     trainer = OnlineSDPOTrainer(
-        model=model_dir, user_simulator=CannedUser(), args=args,
+        model=tiny_model_dir, user_simulator=CannedUser(), args=args,
         train_dataset=Dataset.from_list([{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in requests]),
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
         run_settings={"system_prompt_name": "tldr", "system_prompt": SYSTEM_PROMPTS["tldr"]},
     )
     trainer.train()
@@ -219,10 +211,10 @@ def held_out(tmp_path_factory):
     return path
 
 
-def eval_args(run_dir, held_out, model_dir, output_dir, **overrides):
+def eval_args(run_dir, held_out, model, output_dir, **overrides):
     settings = dict(
-        run_dir=str(run_dir), ckpts=[1, 2], data_path=str(held_out), eval_n=len(HELD_OUT), baseline=model_dir,
-        judge="local", judge_model=model_dir, judge_max_new_tokens=2, output_dir=str(output_dir),
+        run_dir=str(run_dir), ckpts=[1, 2], data_path=str(held_out), eval_n=len(HELD_OUT), baseline=model,
+        judge="local", judge_model=model, judge_max_new_tokens=2, output_dir=str(output_dir),
         baseline_cache=str(Path(output_dir).parent / "baseline_responses.jsonl"), oracle=False,
     )
     settings.update(overrides)
@@ -240,6 +232,21 @@ def no_model_loads(monkeypatch):
 
 
 @pytest.fixture
+def new_token_counts(monkeypatch):
+    """The tokens each local generate() call added (its longest answer, padding included), in call order."""
+    counts = []
+    original = generation.generate_exactly
+
+    def counting(model, inputs, config):
+        output = original(model, inputs, config)
+        counts.append(output.shape[1] - inputs["input_ids"].shape[1])
+        return output
+
+    monkeypatch.setattr(generation, "generate_exactly", counting)
+    return counts
+
+
+@pytest.fixture
 def judge_calls(monkeypatch):
     """Counts the conversations the local judge answers (the real judge still answers them)."""
     calls = []
@@ -254,9 +261,9 @@ def judge_calls(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def local_eval(run_dir, held_out, model_dir, tmp_path_factory):
+def local_eval(run_dir, held_out, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "eval"
-    args = eval_args(run_dir, held_out, model_dir, out, eval_n=LOCAL_N)
+    args = eval_args(run_dir, held_out, tiny_model_dir, out, eval_n=LOCAL_N)
     rows = evaluate.evaluate(args)
     return dict(args=args, rows=rows, out=out)
 
@@ -381,9 +388,9 @@ def test_claude_judge_sends_persona_and_both_orders_and_skips_failed_pairs(claud
 
 
 def test_claude_evaluation_end_to_end_with_failures_and_resume(claude_env, local_eval, run_dir, held_out,
-                                                               model_dir, tmp_path):
+                                                               tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
-    args = eval_args(run_dir, held_out, model_dir, out, judge="claude", judge_model="claude-haiku-4-5-20251001",
+    args = eval_args(run_dir, held_out, tiny_model_dir, out, judge="claude", judge_model="claude-haiku-4-5-20251001",
                      judge_api_max_retries=0, baseline_cache=local_eval["args"].baseline_cache)
     claude_env.add_fault("p1", "server_error", times=None)  # this prompt's judge requests fail for good
     cached_baseline = records_of(args.baseline_cache)
@@ -421,10 +428,10 @@ def test_claude_evaluation_end_to_end_with_failures_and_resume(claude_env, local
     assert claude_env.hits() == 0
 
 
-def test_claude_judge_without_api_key_fails_before_any_model_loads(run_dir, held_out, model_dir, tmp_path,
+def test_claude_judge_without_api_key_fails_before_any_model_loads(run_dir, held_out, tiny_model_dir, tmp_path,
                                                                    monkeypatch, no_model_loads):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    args = eval_args(run_dir, held_out, model_dir, tmp_path / "eval", judge="claude", judge_model=None)
+    args = eval_args(run_dir, held_out, tiny_model_dir, tmp_path / "eval", judge="claude", judge_model=None)
     assert args.judge_model == "claude-haiku-4-5-20251001"
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY is not set"):
         evaluate.evaluate(args)
@@ -530,7 +537,7 @@ def conversations_file(tmp_path_factory):
     return path
 
 
-def test_held_out_conversations_give_each_request_with_its_context(conversations_file, model_dir, tmp_path):
+def test_held_out_conversations_give_each_request_with_its_context(conversations_file, tiny_model_dir, tmp_path):
     key = json.dumps
     prompts = load_held_out(str(conversations_file), "SYS")
     assert sorted(map(key, prompts)) == sorted(map(key, conversation_prompts("SYS")))  # marks gone, no duplicate
@@ -539,7 +546,7 @@ def test_held_out_conversations_give_each_request_with_its_context(conversations
                                                                                     seed=1)
     assert len(load_held_out(str(conversations_file), "", n=2, seed=1)) == 2
     # Over the token budget a conversation loses its earliest exchange, as offline training fits it.
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     short, long, terse = conversation_prompts("")
     limit = max(len(tokenizer.apply_chat_template(p, add_generation_prompt=True)) for p in (short, terse))
     fitted = load_held_out(str(conversations_file), "", tokenizer=tokenizer, max_prompt_tokens=limit)
@@ -577,22 +584,21 @@ def offline_run(run_dir, tmp_path_factory):
 
 
 def test_offline_run_on_held_out_conversations_with_a_served_judge_and_max_new_tokens(
-        offline_run, conversations_file, served_judge, model_dir, tmp_path, caplog, capsys):
+        offline_run, conversations_file, served_judge, tiny_model_dir, new_token_counts, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO, logger=evaluate.__name__)
     out = tmp_path / "eval"
-    args = EvalArguments(run_dir=str(offline_run), data_path=str(conversations_file), baseline=model_dir,
+    args = EvalArguments(run_dir=str(offline_run), data_path=str(conversations_file), baseline=tiny_model_dir,
                          style="no_emojis", max_new_tokens=3, output_dir=str(out), oracle=False,
                          **served_judge_flags(served_judge))
     rows = evaluate.evaluate(args)
     records = records_of(out / "judgments.jsonl")
     expected = conversation_prompts("")  # an offline run's prompts are the conversations as logged
     assert sorted(json.dumps(r["messages"]) for r in records) == sorted(json.dumps(p) for p in expected * 2)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for r in records:
         assert r["persona"] == STYLE_PERSONAS["no_emojis"] and r["judge"] == "openai"
         assert r["generation"]["max_new_tokens"] == 3  # --max_new_tokens wins over the run's 4, and is recorded
-        assert len(tokenizer(r["policy_response"], add_special_tokens=False)["input_ids"]) <= 3
         assert r["prompt"] == judge_request(r["messages"])
+    assert new_token_counts and max(new_token_counts) <= 3  # and generation obeyed it
     assert served_judge.hits() == 2 * len(records)
     assert [(row["max_new_tokens"], row["mode"]) for row in rows] == [(3, "offline"), (3, "offline")]
     assert "not the run's max_completion_length=4" in caplog.text

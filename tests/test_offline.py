@@ -1,5 +1,6 @@
-"""Offline SDPO on logged conversations: pairing, bad input, the loss by hand, and a real run on the embedded model
-whose per-token signal is recomputed with plain transformers."""
+"""Offline SDPO on logged conversations: pairing, bad input, the loss by hand, and a real run of the tiny random model
+(tests/conftest.py) whose per-token signal is recomputed with plain transformers; two processes under torchrun in
+the slow tier."""
 
 import json
 import os
@@ -130,10 +131,10 @@ def test_token_limits_by_hand():
 
 
 @pytest.fixture(scope="module")
-def offline_run(model_dir, tmp_path_factory):
+def offline_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("offline")
     args = TrlParser(train_offline.ARGUMENTS).parse_args_and_config(
-        offline_flags(model_dir, out))
+        offline_flags(tiny_model_dir, out))
     train_offline.main(*args)
     return out
 
@@ -151,10 +152,10 @@ def test_offline_run_writes_checkpoints_settings_and_a_token_log(offline_run):
         assert record["feedback"] in record["teacher_context"] and record["feedback"] not in record["student_context"]
 
 
-def test_offline_signal_equals_plain_transformers(offline_run, model_dir):
+def test_offline_signal_equals_plain_transformers(offline_run, tiny_model_dir):
     """Step-0 records were scored with the initial weights: recompute both passes independently."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     records = [json.loads(line) for line in (offline_run / TOKEN_LOG_NAME).read_text().splitlines()]
     for record in [r for r in records if r["step"] == 0]:
         ids = record["completion_ids"]
@@ -171,23 +172,24 @@ def offline_flags(model_dir, output_dir, *extra):
             "--logging_steps", "1", "--report_to", "none", "--bf16", "false", "--seed", "5", *extra]
 
 
-def test_a_resumed_offline_run_ends_where_the_uninterrupted_one_did(offline_run, model_dir, tmp_path):
+def test_a_resumed_offline_run_ends_where_the_uninterrupted_one_did(offline_run, tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
     resumed = tmp_path / "resumed"
     shutil.copytree(offline_run / "checkpoint-1", resumed / "checkpoint-1")
     parser = TrlParser(train_offline.ARGUMENTS)
     train_offline.main(*parser.parse_args_and_config(
-        offline_flags(model_dir, resumed, "--resume_from_checkpoint", "last")))
+        offline_flags(tiny_model_dir, resumed, "--resume_from_checkpoint", "last")))
     expected, got = load_file(offline_run / "checkpoint-2" / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)  # no sampling offline: bit for bit
 
 
-def test_two_processes_split_the_samples_and_keep_each_reply_with_its_answer(model_dir, tmp_path):
+@pytest.mark.slow
+def test_two_processes_split_the_samples_and_keep_each_reply_with_its_answer(tiny_model_dir, tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     command = [torchrun, "--standalone", "--nproc_per_node=2", str(REPO / "train_offline.py"),
-               *offline_flags(model_dir, tmp_path / "two", "--per_device_train_batch_size", "1", "--max_steps", "1",
+               *offline_flags(tiny_model_dir, tmp_path / "two", "--per_device_train_batch_size", "1", "--max_steps", "1",
                               "--save_strategy", "no")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

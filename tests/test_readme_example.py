@@ -1,16 +1,13 @@
 """The README's library example runs as printed: only the model, the run folder and the lengths are made small.
 
-The model is a tiny random one on the embedded model's tokenizer: the example is plumbing, and its real run on the
-embedded 135M model (`make demo` covers that model's behaviour) would cost a minute of the fast tier.
+The model is the tiny random one on the embedded model's tokenizer (tests/conftest.py): the example is plumbing, and
+its real run on the embedded 135M model (`make demo` covers that model's behaviour) would cost a minute of the fast
+tier.
 """
 
 import json
 import re
 from pathlib import Path
-
-import pytest
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,19 +34,6 @@ def shortened(code: str) -> str:
         code, count = re.subn(pattern, replacement, code)
         assert count == 1, f"README example: {pattern!r} matched {count} times, expected once"
     return code
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(model_dir, tmp_path_factory) -> str:
-    """A two-layer random Llama with the embedded model's tokenizer and chat template."""
-    config = AutoConfig.from_pretrained(model_dir)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
-    return str(folder)
 
 
 def test_readme_library_example_trains_with_its_user(tiny_model_dir, tmp_path):

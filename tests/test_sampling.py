@@ -15,17 +15,20 @@ from sdpo_interactions.evaluation.generation import ChatModel
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
 from sdpo_interactions.sampling import Sampling
 from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer
-from sdpo_interactions.users.base import StyleUserSimulator, UserSimulator
+from sdpo_interactions.users.base import StyleUserSimulator
+
+from fakes import SameReplyUser
 
 QWEN3_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
 CHAT = [{"role": "user", "content": "Name a colour."}]
 
 
 @pytest.fixture(scope="module")
-def qwen_like_model(model_dir, tmp_path_factory):
-    """The embedded model with Qwen3's sampling defaults in its generation_config.json (weights linked)."""
+def qwen_like_model(tiny_model_dir, tmp_path_factory):
+    """The tiny random model (tests/conftest.py) with Qwen3's sampling defaults in its generation_config.json (weights
+    linked)."""
     folder = tmp_path_factory.mktemp("qwen-like")
-    for path in Path(model_dir).iterdir():
+    for path in Path(tiny_model_dir).iterdir():
         if path.name == "model.safetensors":
             (folder / path.name).symlink_to(path.resolve())
         else:
@@ -57,11 +60,6 @@ def settings(config: GenerationConfig) -> dict:
             "top_k": config.top_k}
 
 
-class QuietUser(UserSimulator):
-    def generate_feedback(self, prompts, completions):
-        return ["ok"] * len(prompts)
-
-
 @pytest.fixture(scope="module")
 def trainer(qwen_like_model, tmp_path_factory):
     config = OnlineSDPOConfig(
@@ -70,7 +68,7 @@ def trainer(qwen_like_model, tmp_path_factory):
     )
     data = Dataset.from_list([{"prompt": prompt_messages("Name a colour.", SYSTEM_PROMPTS["general"])}] * 2)
     return OnlineSDPOTrainer(
-        model=qwen_like_model, user_simulator=QuietUser(), args=config, train_dataset=data,
+        model=qwen_like_model, user_simulator=SameReplyUser(), args=config, train_dataset=data,
         processing_class=AutoTokenizer.from_pretrained(qwen_like_model),
     )
 

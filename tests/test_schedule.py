@@ -182,35 +182,19 @@ def test_command_loads_no_torch():
 
 
 # ------------------------------------------------------------------------------------------------ real runs
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, model_dir):
-    """A randomly initialised one-layer Llama on the embedded tokenizer: the Trainer's bookkeeping, fast."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def saved_steps(run_dir: Path) -> tuple[int, ...]:
     return tuple(sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*")))
 
 
 @pytest.mark.slow
-def test_offline_run_makes_the_steps_checkpoints_and_interactions_it_logged(tiny_model, tmp_path, caplog):
+def test_offline_run_makes_the_steps_checkpoints_and_interactions_it_logged(tiny_model_dir, tmp_path, caplog):
     """max_steps across an epoch, a generation batch shorter than a step; then the demo's summary of the run."""
     from trl import TrlParser
 
     import sdpo_interactions.cli.train_offline as train_offline
 
     run_dir = tmp_path / "run"
-    args = ["--train_jsonl", str(REPO / "data/sample/conversations.jsonl"), "--model_name_or_path", tiny_model,
+    args = ["--train_jsonl", str(REPO / "data/sample/conversations.jsonl"), "--model_name_or_path", tiny_model_dir,
             "--output_dir", str(run_dir), "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
             "--steps_per_generation", "1", "--max_steps", "5", "--save_steps", "2", "--max_completion_length", "512",
             "--logging_steps", "1", "--token_log_samples", "2", "--report_to", "none", "--bf16", "false",
@@ -243,7 +227,7 @@ def test_offline_run_makes_the_steps_checkpoints_and_interactions_it_logged(tiny
 
 
 @pytest.mark.slow
-def test_the_script_prints_the_schedule_the_run_logs_and_makes(tiny_model, tmp_path):
+def test_the_script_prints_the_schedule_the_run_logs_and_makes(tiny_model_dir, tmp_path):
     """Two answers a prompt and two epochs through train_online_sdpo_tldr.sh: the dry run's schedule is the one the
     run logs at its start and the one the Trainer makes; wandb writes into the run folder, not the current one."""
     recipe = tmp_path / "cpu.yaml"
@@ -253,8 +237,8 @@ def test_the_script_prints_the_schedule_the_run_logs_and_makes(tiny_model, tmp_p
     run_dir = tmp_path / "run"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "ANTHROPIC_"))},
            "PYTHON": sys.executable, "WORLD_SIZE": "1", "TRAIN_N": "6", "BS": "2", "GA": "2",
-           "SAVE_STEPS": "2", "RECIPE": str(recipe), "MODEL_NAME_OR_PATH": tiny_model,
-           "USER_MODEL_NAME_OR_PATH": tiny_model, "MAX_PROMPT_TOKENS": "384", "OUTPUT_DIR": str(run_dir),
+           "SAVE_STEPS": "2", "RECIPE": str(recipe), "MODEL_NAME_OR_PATH": tiny_model_dir,
+           "USER_MODEL_NAME_OR_PATH": tiny_model_dir, "MAX_PROMPT_TOKENS": "384", "OUTPUT_DIR": str(run_dir),
            "TRAIN_JSONL": str(REPO / "data/sample/train.jsonl"), "VAL_JSONL": str(REPO / "data/sample/validation.jsonl")}
     passthrough = ["--", "--num_generations", "2", "--max_completion_length", "4", "--user_max_new_tokens", "4",
                    "--token_log_samples", "0"]

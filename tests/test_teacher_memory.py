@@ -1,7 +1,8 @@
 """The teacher pass scores a generation batch chunk by chunk, so its largest logits tensor is bounded by the chunk.
 
 With Qwen3's ~152k vocabulary, [batch, length, vocab] float32 logits for a whole generation batch would be the
-largest tensor of a step; the peak is measured here as the largest logits tensor the model returns during the pass.
+largest tensor of a step; the peak is measured here as the largest logits tensor the model returns during the pass,
+on the tiny random model (tests/conftest.py), which has the embedded model's 49k vocabulary.
 """
 
 import pytest
@@ -23,15 +24,15 @@ ANSWERS = [
 
 
 @pytest.fixture(scope="module")
-def scoring(model_dir, tmp_path_factory):
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+def scoring(tiny_model_dir, tmp_path_factory):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     args = OnlineSDPOConfig(
         output_dir=str(tmp_path_factory.mktemp("memory")), per_device_train_batch_size=CHUNK,
         per_device_eval_batch_size=GENERATION_BATCH, gradient_accumulation_steps=4, max_completion_length=32,
         report_to=[], bf16=False,
     )
     prompts = [prompt_messages(f"Question {i}: {a[:30]}?", "") for i, a in enumerate(ANSWERS)]
-    trainer = OnlineSDPOTrainer(model=model_dir, args=args, processing_class=tokenizer,
+    trainer = OnlineSDPOTrainer(model=tiny_model_dir, args=args, processing_class=tokenizer,
                                 train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
     eos = tokenizer.eos_token
     ids = tokenizer([a + eos for a in ANSWERS], add_special_tokens=False)["input_ids"]

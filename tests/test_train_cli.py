@@ -181,12 +181,13 @@ def test_claude_user_without_key_fails_before_any_model_loads(prompts_file, tmp_
         train.main(*args)
 
 
-def test_main_runs_one_real_step_with_the_local_user(model_dir, tmp_path):
-    """The whole CLI path on the embedded model: policy and simulated user are both SmolLM2."""
+def test_main_runs_one_real_step_with_the_local_user(model_dir, tiny_model_dir, tmp_path):
+    """The whole CLI path: the policy is the tiny random model (tests/conftest.py), the local simulated user the
+    embedded SmolLM2, whose replies are real text."""
     data = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "I adopted a shy cat. She hides all day.\nTL;DR:"}] * 2)
     out = tmp_path / "run"
     train.main(*parse([
-        "--train_jsonl", str(data), "--model_name_or_path", model_dir, "--user_model_name_or_path", model_dir,
+        "--train_jsonl", str(data), "--model_name_or_path", tiny_model_dir, "--user_model_name_or_path", model_dir,
         "--user_max_new_tokens", "8", "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size",
         "2", "--max_completion_length", "8", "--report_to", "none", "--bf16", "false",
         "--gradient_checkpointing", "false", "--save_strategy", "no",

@@ -1,7 +1,9 @@
-"""OnlineSDPOTrainer on the real embedded model (SmolLM2-135M-Instruct), on the CPU.
+"""OnlineSDPOTrainer's plumbing, on the CPU: one shared two-step run of a tiny random model on the embedded
+tokenizer (tests/conftest.py), its token log recomputed with plain transformers.
 
-The simulated user here is deterministic and names the request it answers, so pairing can be checked; the
-local model simulator itself is tested in test_user_simulator.py and end to end in test_train_cli.py.
+The simulated user is deterministic and names the request it answers (tests/fakes.py), so pairing can be checked;
+the local model simulator itself is tested in test_user_simulator.py and end to end in test_train_cli.py. What the
+embedded 135M model's own behaviour decides (stopping at the end of its turn) is tested on that model there.
 """
 
 import json
@@ -17,32 +19,16 @@ from sdpo_interactions import OnlineSDPOConfig, OnlineSDPOTrainer
 from sdpo_interactions.core.maths import derangement
 from sdpo_interactions.core.specificity import SpecificityWatch
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME, TokenLog
-from sdpo_interactions.users.base import UserSimulator
+from sdpo_interactions.testing.runs import REQUESTS as ALL_REQUESTS
+from sdpo_interactions.testing.runs import naming_feedback
 
-REQUESTS = [
-    "My landlord wants to raise the rent by 30 percent next month. Is that even legal?",
-    "I ran my first marathon yesterday and my legs feel like wood. How do I recover?",
-    "My cat knocks every glass off the table at 3am. How can I make her stop?",
-    "Our team lead takes credit for my work in every meeting. Should I talk to HR?",
-]
+from fakes import NamingUser, SameReplyUser
+
+REQUESTS = ALL_REQUESTS[:4]  # none of them is the one the naming user is silent on
 RECORD_FIELDS = {
     "step", "prompt", "completion", "feedback", "style", "student_context", "teacher_context",
     "completion_ids", "tokens", "logp_student", "logp_teacher", "signal", "stranger_feedback", "signal_unrelated",
 }
-
-
-class NamingUser(UserSimulator):
-    """Deterministic user whose reply quotes the request it answers; optionally silent on some requests."""
-
-    style = "concise_casual_beginner"
-
-    def __init__(self, silent_on=()):
-        self.silent_on = set(silent_on)
-        self.calls = []
-
-    def generate_feedback(self, prompts, completions):
-        self.calls.append((list(prompts), list(completions)))
-        return ["" if p in self.silent_on else f"About <<{p[:30]}>>: shorter, please." for p in prompts]
 
 
 def completion_words(completions, **kwargs):
@@ -84,13 +70,13 @@ def reference_logps(model, tokenizer, context, completion_ids):
 
 
 @pytest.fixture(scope="module")
-def trained(model_dir, tmp_path_factory):
+def trained(tiny_model_dir, tmp_path_factory):
     """A real two-step run, with every scoring forward pass of the policy counted."""
     output_dir = tmp_path_factory.mktemp("run")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     user = NamingUser()
     trainer = OnlineSDPOTrainer(
-        model=model_dir, user_simulator=user, args=make_config(output_dir), train_dataset=prompt_dataset(),
+        model=tiny_model_dir, user_simulator=user, args=make_config(output_dir), train_dataset=prompt_dataset(),
         processing_class=tokenizer, run_settings={"style": user.style}, reward_funcs=[completion_words],
     )
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
@@ -133,25 +119,23 @@ def test_training_changes_weights_and_writes_a_checkpoint(trained):
     assert settings["interactions"] == {"answers": 4, "with_feedback": 4} and settings["global_step"] == 2
 
 
-def test_a_simulator_without_generate_feedback_is_refused_clearly(model_dir, tmp_path):
+def test_a_simulator_without_generate_feedback_is_refused_clearly(tiny_model_dir, tmp_path):
     class NotAUser:
         style = "poetic"
 
     with pytest.raises(TypeError, match="has no generate_feedback"):
-        OnlineSDPOTrainer(model=model_dir, user_simulator=NotAUser(), args=make_config(tmp_path),
-                          train_dataset=prompt_dataset(), processing_class=AutoTokenizer.from_pretrained(model_dir))
+        OnlineSDPOTrainer(model=tiny_model_dir, user_simulator=NotAUser(), args=make_config(tmp_path),
+                          train_dataset=prompt_dataset(),
+                          processing_class=AutoTokenizer.from_pretrained(tiny_model_dir))
 
 
-def test_a_simulator_without_style_trains_and_records_none(model_dir, tmp_path):
-    class Plain(UserSimulator):
-        def generate_feedback(self, prompts, completions):
-            return ["shorter"] * len(prompts)
-
-    trainer = OnlineSDPOTrainer(model=model_dir, user_simulator=Plain(), args=make_config(tmp_path, max_steps=1),
-                                train_dataset=prompt_dataset(), processing_class=AutoTokenizer.from_pretrained(model_dir))
+def test_a_simulator_without_style_trains_and_records_none(tiny_model_dir, tmp_path):
+    trainer = OnlineSDPOTrainer(model=tiny_model_dir, user_simulator=SameReplyUser(),
+                                args=make_config(tmp_path, max_steps=1), train_dataset=prompt_dataset(),
+                                processing_class=AutoTokenizer.from_pretrained(tiny_model_dir))
     trainer.train()
     settings = json.loads((tmp_path / "checkpoint-1" / RUN_SETTINGS_NAME).read_text())
-    assert settings["style"] is None and settings["user_simulator"]["class"] == "Plain"
+    assert settings["style"] is None and settings["user_simulator"]["class"] == "SameReplyUser"
 
 
 def test_metrics_are_logged_and_rewards_only_monitored(trained):
@@ -201,7 +185,7 @@ def test_token_log_records_have_the_documented_format(trained):
 def test_feedback_stays_with_its_own_sample(trained):
     for record in trained["records"]:
         assert record["prompt"] in REQUESTS
-        assert record["feedback"] == f"About <<{record['prompt'][:30]}>>: shorter, please."
+        assert record["feedback"] == naming_feedback(record["prompt"]) != ""
     for prompts, completions in trained["user"].calls:
         assert len(prompts) == len(completions) == 2
 
@@ -218,9 +202,9 @@ def test_teacher_context_places_feedback_after_the_request(trained):
         assert record["feedback"] not in student
 
 
-def test_advantage_matches_an_independent_computation(trained, model_dir):
+def test_advantage_matches_an_independent_computation(trained, tiny_model_dir):
     """Step-0 records were scored with the initial weights: recompute them with plain transformers."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     tokenizer = trained["tokenizer"]
     for record in [r for r in trained["records"] if r["step"] == 0]:
         ids = record["completion_ids"]
@@ -259,8 +243,10 @@ def test_same_completion_tokens_in_both_contexts(trained):
 
 def test_truncated_completions_are_masked_only_when_asked(trained):
     trainer = trained["trainer"]
-    prompts = [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS[2:]]
+    # Eight sampled answers of up to 12 tokens: the tiny model ends some with <|im_end|> and runs others to the limit.
+    prompts = [{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS * 2]
     eos = trainer.eos_token_id
+    kinds = set()
     for mask_truncated in (False, True):
         trainer.mask_truncated_completions = mask_truncated
         batch = trainer._generate_and_score_completions(prompts)
@@ -268,12 +254,14 @@ def test_truncated_completions_are_masked_only_when_asked(trained):
         for row_ids, row_mask in zip(ids, mask):
             length = int((row_ids != trainer.pad_token_id).sum()) + int(eos in row_ids.tolist())
             truncated = eos not in row_ids.tolist()
+            kinds.add(truncated)
             if mask_truncated and truncated:
                 assert row_mask.sum() == 0
             else:
                 # padding after the first EOS is masked, the completion (EOS included) is not
                 assert row_mask.sum() == min(length, ids.size(1))
     trainer.mask_truncated_completions = False
+    assert kinds == {True, False}, "every answer stopped, or none did: the test checked one case only"
 
 
 def test_samples_without_feedback_contribute_no_policy_gradient(trained):
@@ -294,7 +282,7 @@ def test_samples_without_feedback_contribute_no_policy_gradient(trained):
     trainer.model.zero_grad()
 
 
-def test_score_signal_uses_the_training_contexts(trained, model_dir):
+def test_score_signal_uses_the_training_contexts(trained):
     trainer, tokenizer = trained["trainer"], trained["tokenizer"]
     messages = prompt_messages(REQUESTS[0], SYSTEM_PROMPTS["tldr"])
     (record,) = trainer.score_signal([messages], ["TL;DR: rent up 30%."], ["Way too short, explain the law."])
@@ -333,9 +321,9 @@ def test_specificity_is_logged_as_own_minus_stranger(trained):
         assert own > 0 and unrelated > 0
 
 
-def test_the_stranger_signal_is_the_teacher_pass_under_another_samples_feedback(trained, model_dir):
+def test_the_stranger_signal_is_the_teacher_pass_under_another_samples_feedback(trained, tiny_model_dir):
     """Each re-scored record carries the feedback of another request; recompute its signal with plain transformers."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     tokenizer, trainer = trained["tokenizer"], trained["trainer"]
     checked = 0
     for record in [r for r in trained["records"] if r["step"] == 0 and r["stranger_feedback"] is not None]:
@@ -348,11 +336,6 @@ def test_the_stranger_signal_is_the_teacher_pass_under_another_samples_feedback(
         assert record["signal_unrelated"] == pytest.approx([s - t for s, t in zip(stranger, student)], abs=3e-3)
         checked += 1
     assert checked == 2
-
-
-class SameReplyUser(UserSimulator):
-    def generate_feedback(self, prompts, completions):
-        return ["Shorter, please." for _ in prompts]
 
 
 def test_specificity_is_exactly_zero_when_all_feedback_is_identical(trained):

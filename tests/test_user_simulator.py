@@ -1,4 +1,5 @@
-"""Personas, the local user simulator, and the converted embedded model it runs on."""
+"""Personas, the local user simulator, and the converted embedded model it runs on (its replies, and its stopping at
+the end of its turn, are that model's behaviour: they are tested on it)."""
 
 import pytest
 import torch
@@ -20,8 +21,8 @@ def test_user_sees_persona_request_and_answer_but_is_told_not_to_answer():
     assert "What is rain?" in user["content"] and "Water falling." in user["content"]
 
 
-def test_a_simulator_plays_the_persona_text_it_is_given(model_dir):
-    user = StyleUserSimulator(model_dir, "my_own", persona="You want answers in French.", max_new_tokens=2,
+def test_a_simulator_plays_the_persona_text_it_is_given(tiny_model_dir):
+    user = StyleUserSimulator(tiny_model_dir, "my_own", persona="You want answers in French.", max_new_tokens=2,
                               device="cpu")
     assert user.settings()["persona"] == "You want answers in French."
     assert "You want answers in French." in user.settings()["system_prompt"]
@@ -50,7 +51,7 @@ def test_embedded_model_stops_at_end_of_turn(model_dir):
 
 def test_local_simulator_answers_each_pair_in_order(model_dir):
     user = StyleUserSimulator(model_dir, "concise_casual_beginner", max_new_tokens=12, sampling=Sampling(0.0),
-                              batch_size=2, device="cpu")
+                              batch_size=2, device="cpu", dtype="float32")  # the folder's bf16 is slow on a CPU
     prompts = ["What is 2+2?", "Name a colour.", "Summarise: the cat sat all day."]
     completions = ["4", "Blue, the colour of the sky and sea.", "TL;DR: a cat sat."]
     replies = user.generate_feedback(prompts, completions)

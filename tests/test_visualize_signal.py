@@ -13,7 +13,6 @@ import pytest
 import sdpo_interactions.cli.visualize_signal as vs
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "models" / "smollm2-135m-instruct"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NASTY = "<script>alert(\"x\")</script> ' \" onmouseover=\"alert(1)\" &amp;"
 
@@ -331,8 +330,8 @@ def test_bad_cases_name_file_and_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def scored_cases(tmp_path_factory):
-    assert MODEL.is_dir(), f"{MODEL} is missing: run `make model`"
+def scored_cases(tiny_model_dir, tmp_path_factory):
+    """One case scored by the tiny random model (tests/conftest.py): the mode's plumbing, not the model's reading."""
     folder = tmp_path_factory.mktemp("cases")
     cases = [{
         "name": "wrong fact",
@@ -342,7 +341,7 @@ def scored_cases(tmp_path_factory):
         "unrelated_followup": "How many legs does a spider have?",
     }]
     (folder / "cases.json").write_text(json.dumps(cases))
-    args = vs.CasesArguments(cases=str(folder / "cases.json"), model_name_or_path=str(MODEL),
+    args = vs.CasesArguments(cases=str(folder / "cases.json"), model_name_or_path=tiny_model_dir,
                              system_prompt="general", output_dir=str(folder / "out"))
     summary, paths = vs.run_cases(args)
     return summary, paths
