@@ -19,6 +19,8 @@ from sdpo_interactions.sampling import Sampling
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 from sdpo_interactions.users.base import StyleUserSimulator
 
+pytestmark = pytest.mark.slow  # a `transformers serve` process for the module, and torchrun
+
 STYLE = "concise_casual_beginner"
 GREEDY = {"temperature": 0.0, "top_k": 0, "max_tokens": 12}
 USER_KEY = "sk-user-server-MARKER-51c0"
