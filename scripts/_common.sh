@@ -267,6 +267,14 @@ sdpo_schedule() {
   if [[ -n "${SAVE_STEPS:-}" ]]; then args+=(--save_steps "$SAVE_STEPS"); fi
   "${PYTHON:-python}" -m sdpo_interactions.schedule "${args[@]}" "${PASSTHROUGH[@]}" ||
     echo "schedule: n/a ($(sdpo_quote "${PYTHON:-python}") -m sdpo_interactions.schedule failed: see above)"
+  if [[ -n "${STYLE_SCHEDULE:-}" ]]; then  # the persona of each step and the switch points; status 2: a bad schedule
+    local status=0
+    if [[ -n "${PERSONA_FILE:-}" ]]; then args+=(--persona_file "$PERSONA_FILE"); fi
+    "${PYTHON:-python}" -m sdpo_interactions.users.style_schedule --style_schedule "$STYLE_SCHEDULE" "${args[@]}" \
+      "${PASSTHROUGH[@]}" || status=$?
+    if ((status == 2)); then sdpo_die "STYLE_SCHEDULE=$(sdpo_quote "$STYLE_SCHEDULE") cannot run (see above)"; fi
+    if ((status)); then echo "persona schedule: n/a (the style_schedule module failed: see above)"; fi
+  fi
 }
 
 # A setting's value: the last `--NAME value` after `--`, else the recipe's `NAME:` (nested keys too), else empty.
@@ -370,11 +378,16 @@ sdpo_api_user() {
 # The online experiments' own flags and variables: the policy's system prompt and the simulated user.
 sdpo_online_mode() {
   ENTRY=train.py
-  RUN_TAG=$STYLE
+  # STYLE_SCHEDULE (personas in turn, users/style_schedule.py) replaces STYLE when it is set.
+  local persona=STYLE persona_args=(--style "${STYLE:-}")
+  RUN_TAG=${STYLE:-}
+  if [[ -n "${STYLE_SCHEDULE:-}" ]]; then
+    persona=STYLE_SCHEDULE persona_args=(--style_schedule "$STYLE_SCHEDULE") RUN_TAG=schedule
+  fi
   sdpo_vllm
-  SHOWN_MODE_VARS=("${SHOWN_SIMULATOR_VARS[@]}" STYLE PERSONA_FILE SYSTEM_PROMPT USE_VLLM)
+  SHOWN_MODE_VARS=("${SHOWN_SIMULATOR_VARS[@]}" "$persona" PERSONA_FILE SYSTEM_PROMPT USE_VLLM)
   if [[ -n "${USE_VLLM:-}" ]]; then SHOWN_MODE_VARS+=(VLLM_GPU_MEMORY_UTILIZATION VLLM_TP VLLM_SERVER_URL); fi
-  MODE_ARGS=(--system_prompt "$SYSTEM_PROMPT" "${SIMULATOR_ARGS[@]}" --style "$STYLE" "${VLLM_ARGS[@]}")
+  MODE_ARGS=(--system_prompt "$SYSTEM_PROMPT" "${SIMULATOR_ARGS[@]}" "${persona_args[@]}" "${VLLM_ARGS[@]}")
   if [[ -n "${PERSONA_FILE:-}" ]]; then MODE_ARGS+=(--persona_file "$PERSONA_FILE"); fi
 }
 

@@ -20,12 +20,16 @@ Variables (default):
   JUDGE_API_BASE     an OpenAI-compatible server (vLLM) that judges for all GPUs instead of a judge on each,
                      e.g. http://judgehost:8000/v1 (unset); its key, if any, from JUDGE_API_KEY, never printed
   JUDGE_API_MODEL    the model name that server serves (JUDGE_MODEL)
+  JUDGE_PROTOCOL     how a verdict is read: letter (the judge writes A, B or C) or logprobs (the log-probabilities of
+                     the labels, a tie within JUDGE_TIE_MARGIN nats, 0.1) (letter)
   EVAL_N             held-out prompts used (256)
   MAX_PROMPT_TOKENS  drop longer prompts, as in training (512)
   MAX_NEW_TOKENS     longest response, in tokens (unset: the run's max_completion_length)
   STYLE              judge persona (unset: the persona text each checkpoint was trained with; an offline run
                      stores none and needs it)
   PERSONA_FILE       YAML or JSON file of style -> persona, for STYLE (unset)
+  ORACLE             1: also judge the in-context oracle (the baseline told the persona) against the baseline; 0: not
+                     (1). A run trained with a persona schedule is judged under each of its personas unless STYLE is set
   WORLD_SIZE         number of GPUs (4); 1 runs plain python, more run accelerate launch
   ACCELERATE_CONFIG  accelerate config file used instead of --num_processes (unset)
   OUTPUT_DIR         where results go (unset: RUN_DIR/eval)

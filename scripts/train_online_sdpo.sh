@@ -13,6 +13,8 @@ model on your own server (USER_API_BASE).
 Variables (default):
   MODEL_NAME_OR_PATH       policy model (Qwen/Qwen3-8B)
   STYLE                    simulated user's style (concise_casual_beginner); the personas are in personas.yaml
+  STYLE_SCHEDULE           personas in turn instead of STYLE, STYLE:INTERACTIONS,...,STYLE (the last lasts to the
+                           end; each switch on a step boundary), e.g. concise_casual_beginner:256,poetic (unset)
   PERSONA_FILE             YAML or JSON file of style -> persona adding to or overriding personas.yaml (unset)
   LR, BS, GA               learning rate, per-device batch size, gradient accumulation (5e-6, 4, 1)
 USAGE

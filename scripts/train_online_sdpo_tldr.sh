@@ -17,6 +17,8 @@ Variables (default):
                            of loading the user model on every rank (unset); scripts/serve_user_simulator.sh starts one
   USER_API_MODEL           model name that server serves (USER_MODEL_NAME_OR_PATH); its key, if any: USER_API_KEY
   STYLE                    simulated user's style (concise_casual_beginner); the personas are in personas.yaml
+  STYLE_SCHEDULE           personas in turn instead of STYLE, STYLE:INTERACTIONS,...,STYLE (the last lasts to the
+                           end; each switch on a step boundary), e.g. concise_casual_beginner:256,poetic (unset)
   PERSONA_FILE             YAML or JSON file of style -> persona adding to or overriding personas.yaml (unset)
   LR, BS, GA               learning rate, per-device batch size, gradient accumulation (5e-6, 2, 4)
 USAGE
