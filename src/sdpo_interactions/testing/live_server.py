@@ -249,10 +249,12 @@ def _chat_until_stopped(server: LiveServer, acknowledged: list[dict], stop) -> N
         k += 1
 
 
-def crash_test(model_dir: str, data_dir: Path, log_path: Path, *args: str, timeout: float = 600.0) -> dict:
-    """kill -9 the server while an update runs, restart it, and count what a crash must not do: acknowledged
-    answers lost, samples trained twice, samples of the interrupted update never trained (skipped), and whether the
-    restarted server serves the last published version."""
+def crash_test(model_dir: str, data_dir: Path, log_path: Path, *args: str, after_published: int = 1,
+               timeout: float = 600.0) -> dict:
+    """kill -9 the server while an update runs (once `after_published` updates have been published), restart it,
+    and count what a crash must not do: acknowledged answers lost, samples trained twice, samples of the
+    interrupted update never trained (skipped), and whether the restarted server serves the last published
+    version."""
     import threading
 
     acknowledged: list[dict] = []
@@ -261,8 +263,9 @@ def crash_test(model_dir: str, data_dir: Path, log_path: Path, *args: str, timeo
     chatter = threading.Thread(target=_chat_until_stopped, args=(server, acknowledged, stop), daemon=True)
     chatter.start()
     try:
-        running = server.wait_for(lambda: server.rows("SELECT id FROM updates WHERE state = 'running'"),
-                                  timeout=timeout, interval=0.01, what="an update to start")
+        running = server.wait_for(lambda: server.rows(
+            "SELECT id FROM updates WHERE state = 'running' AND (SELECT COUNT(*) FROM updates WHERE state = "
+            "'published') >= ?", (after_published,)), timeout=timeout, interval=0.01, what="an update to start")
     finally:
         server.kill()
         stop.set()
