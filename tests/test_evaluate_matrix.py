@@ -10,6 +10,7 @@ long ones as the detailed one, so every expected outcome follows from the respon
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -96,39 +97,32 @@ def expected_outcome(record) -> str:
     return "win" if (mine < theirs) == (record["style"] == CONCISE) else "loss"
 
 
-@pytest.fixture
-def judge_server(monkeypatch):
-    monkeypatch.setenv("JUDGE_API_KEY", "sk-judge-test")
-    with MessagesServer(reply=preferred, logprobs=preferred_logprobs) as server:
+@pytest.fixture(scope="module")
+def judge_server():
+    with pytest.MonkeyPatch.context() as patch, MessagesServer(reply=preferred, logprobs=preferred_logprobs) as server:
+        patch.setenv("JUDGE_API_KEY", "sk-judge-test")
         yield server
 
 
-@pytest.fixture
-def generated(monkeypatch):
-    """Which model wrote how many responses, per call of sharded_generate (the real one still writes them)."""
-    calls = []
-    original = evaluate.sharded_generate
+@pytest.fixture(scope="module")
+def recorded():
+    """Which model wrote how many responses, per call of sharded_generate (the real one still writes them), and the
+    plot's figures, kept for inspection after they are written."""
+    calls, figures = [], []
+    generate, write_png = evaluate.sharded_generate, plot.write_png
 
     def counting(model_path, jobs, **kwargs):
         calls.append((Path(model_path).name, len(jobs)))
-        return original(model_path, jobs, **kwargs)
-
-    monkeypatch.setattr(evaluate, "sharded_generate", counting)
-    return calls
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """The plot's figure, kept for inspection after it is written."""
-    kept = []
-    original = plot.write_png
+        return generate(model_path, jobs, **kwargs)
 
     def keep(fig, path):
-        kept.append(fig)
-        original(fig, path)
+        figures.append(fig)
+        write_png(fig, path)
 
-    monkeypatch.setattr(plot, "write_png", keep)
-    return kept
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "sharded_generate", counting)
+        patch.setattr(plot, "write_png", keep)
+        yield calls, figures
 
 
 def matrix_args(run, held_out, baseline, server, out, **overrides):
@@ -137,10 +131,17 @@ def matrix_args(run, held_out, baseline, server, out, **overrides):
                          judge_api_max_retries=0, output_dir=str(out), **overrides)
 
 
-def test_a_scheduled_run_is_judged_under_every_persona_with_the_oracle(scheduled_run, held_out, tiny_model_dir,
-                                                                      judge_server, generated, figures, tmp_path):
-    out = tmp_path / "eval"
+@pytest.fixture(scope="module")
+def matrix(scheduled_run, held_out, tiny_model_dir, judge_server, recorded, tmp_path_factory):
+    """The scheduled run evaluated once, by default: every checkpoint under every persona, and the oracles."""
+    out = tmp_path_factory.mktemp("matrix") / "eval"
+    calls, figures = recorded
     rows = evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, out))
+    return dict(out=out, rows=rows, generated=list(calls), figures=list(figures))
+
+
+def test_a_scheduled_run_is_judged_under_every_persona_with_the_oracle(matrix, tiny_model_dir):
+    out, rows, generated, figures = matrix["out"], matrix["rows"], matrix["generated"], matrix["figures"]
     cells = {(r["kind"], r["step"], r["style"]): r for r in rows}
     assert sorted(cells, key=str) == sorted([("checkpoint", step, style) for step in (2, 4) for style in
                                              (CONCISE, DETAILED)] + [("oracle", None, CONCISE),
@@ -194,25 +195,28 @@ def test_a_scheduled_run_is_judged_under_every_persona_with_the_oracle(scheduled
     assert matplotlib.image.imread(out / "win_rate.png").shape[0] > 100
 
 
-def test_the_rerun_asks_nothing_and_style_and_oracle_flags_narrow_it(scheduled_run, held_out, tiny_model_dir,
-                                                                   judge_server, generated, tmp_path):
-    out = tmp_path / "eval"
-    evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, out))
-    hits, calls = judge_server.hits(), len(generated)
-    evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, out))
-    assert (judge_server.hits(), len(generated)) == (hits, calls)
-    rows = evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, tmp_path / "one",
+def test_the_rerun_asks_nothing_and_style_and_oracle_flags_narrow_it(matrix, scheduled_run, held_out,
+                                                                   tiny_model_dir, judge_server, recorded):
+    calls, _ = recorded
+    hits, generated = judge_server.hits(), len(calls)
+    again = evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, matrix["out"]))
+    assert again == matrix["rows"] and (judge_server.hits(), len(calls)) == (hits, generated)
+    # One persona named, no oracle: the same judged pairs, fewer rows.
+    rows = evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, matrix["out"],
                                          style=CONCISE, oracle=False))
     assert [(r["step"], r["style"], r["kind"]) for r in rows] == [(2, CONCISE, "checkpoint"), (4, CONCISE, "checkpoint")]
+    assert (judge_server.hits(), len(calls)) == (hits, generated)
 
 
-def test_the_logprob_protocol_end_to_end_keys_apart_from_the_letter(scheduled_run, held_out, tiny_model_dir,
+def test_the_logprob_protocol_end_to_end_keys_apart_from_the_letter(matrix, scheduled_run, held_out, tiny_model_dir,
                                                                    judge_server, tmp_path):
     out = tmp_path / "eval"
+    shutil.copytree(matrix["out"], out)
     letter = evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, out, ckpts=[4]))
     rows = evaluate.evaluate(matrix_args(scheduled_run, held_out, tiny_model_dir, judge_server, out, ckpts=[4],
                                          judge_protocol="logprobs"))
-    records = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    records = [r for r in map(json.loads, (out / "judgments.jsonl").read_text().splitlines())
+               if r["kind"] == "oracle" or r["step"] == 4]
     by_protocol = {p: [r for r in records if r["judge_protocol"] == p] for p in ("letter", "logprobs")}
     assert len(by_protocol["letter"]) == len(by_protocol["logprobs"]) == 4 * len(HELD_OUT)  # not reused
     for record in by_protocol["logprobs"]:
