@@ -11,7 +11,9 @@ Two modes, each writing a self-contained HTML page (tooltips per token) and a PN
 
 Colours: blue where the follow-up made the token more likely (signal = teacher - student log-prob > 0), orange
 where it made it less likely, white at 0, on a scale symmetric around 0 whose limit is max |signal| shown (or
---vmax). Cases mode scores through `OnlineSDPOTrainer.score_signal`, the trainer's own hindsight-context and
+--vmax). A run trained with a logit mode (distillation_mode topk_logits or full_logits) records per token the
+divergence it optimised; its tokens are drawn by that value instead, from white at 0 to purple, and the colour scale
+is labelled with what the divergence is (the record's `value_label`). Cases mode scores through `OnlineSDPOTrainer.score_signal`, the trainer's own hindsight-context and
 log-prob code, so what you see is what training would use.
 """
 
@@ -47,6 +49,8 @@ NEUTRAL = (255, 255, 255)
 # Positive and negative ends are the same colour with red and blue swapped, so equal |signal| looks equally strong.
 POSITIVE = (33, 102, 172)
 NEGATIVE = (172, 102, 33)
+DIVERGENCE = (118, 42, 131)  # a logit mode's per-token divergence, which is never negative
+SIGNAL_LABEL = "signal = teacher − student log-prob (blue: more likely given the follow-up)"
 
 # field -> type every token-log record must have (see COMMON.md / sdpo_trainer._token_records)
 RECORD_FIELDS = {
@@ -60,6 +64,7 @@ RECORD_FIELDS = {
     "signal": list,
 }
 PER_TOKEN_FIELDS = ("logp_student", "logp_teacher", "signal")
+LOGIT_MODES = ("topk_logits", "full_logits")
 CASE_FIELDS = ("prompt", "response", "relevant_followup", "unrelated_followup")
 CONDITIONS = ("relevant", "unrelated")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -76,6 +81,50 @@ def signal_colour(signal: float, vmax: float) -> tuple[int, int, int]:
     t = min(abs(signal) / vmax, 1.0)
     end = POSITIVE if signal > 0 else NEGATIVE
     return tuple(round(n + (e - n) * t) for n, e in zip(NEUTRAL, end))
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """How per-token values become colours: the signal on a scale symmetric around 0, or a logit mode's divergence
+    (>= 0) from white at 0 to DIVERGENCE at `vmax`; `label` says what is drawn."""
+
+    vmax: float
+    one_sided: bool = False
+    label: str = SIGNAL_LABEL
+
+    def colour(self, value: float) -> tuple[int, int, int]:
+        if not self.one_sided:
+            return signal_colour(value, self.vmax)
+        t = min(max(value, 0.0) / self.vmax, 1.0)
+        return tuple(round(n + (e - n) * t) for n, e in zip(NEUTRAL, DIVERGENCE))
+
+    @property
+    def low(self) -> float:
+        return 0.0 if self.one_sided else -self.vmax
+
+
+def as_scale(scale: Union[float, ColourScale]) -> ColourScale:
+    """A plain limit is the signal's symmetric scale."""
+    return scale if isinstance(scale, ColourScale) else ColourScale(float(scale))
+
+
+def drawn_values(record: dict) -> list[float]:
+    """What a record's tokens are coloured by: the value its objective optimised (a logit mode's divergence), or
+    the signal (sampled_token, older logs, and the cases mode)."""
+    if record.get("distillation_mode") in LOGIT_MODES:
+        return record["value"]
+    return record["signal"]
+
+
+def colour_scale(records: list[dict], vmax: Optional[float] = None) -> ColourScale:
+    """The scale of `records`, which must all be drawn by the same kind of value."""
+    labels = {r.get("value_label") if r.get("distillation_mode") in LOGIT_MODES else None for r in records}
+    if len(labels) > 1:
+        raise ValueError(f"the chosen records optimised different values ({', '.join(map(str, labels))}): "
+                         "choose the steps of one run setting with --steps")
+    (label,) = labels or {None}
+    limit = scale_limit([{"signal": drawn_values(r)} for r in records], vmax)
+    return ColourScale(limit) if label is None else ColourScale(limit, one_sided=True, label=label)
 
 
 def hex_colour(rgb: tuple[int, int, int]) -> str:
@@ -99,8 +148,9 @@ def scale_limit(records: list[dict], vmax: Optional[float] = None) -> float:
 
 
 def record_stats(record: dict) -> dict:
-    """Mean, sum and mean |signal| of one record (means are NaN for a record with no tokens)."""
-    signal = record["signal"]
+    """Mean, sum and mean |value| of the values one record is drawn by (means are NaN for a record without
+    tokens)."""
+    signal = drawn_values(record)
     n = len(signal)
     total = math.fsum(signal)
     return {
@@ -174,6 +224,9 @@ def check_record(record, where: str) -> dict:
             raise ValueError(f"{where}: field {name!r} has {len(values)} values but 'tokens' has {n}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             raise ValueError(f"{where}: field {name!r} must hold finite numbers")
+    if "value" in record and not (isinstance(record["value"], list) and len(record["value"]) == n and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in record["value"])):
+        raise ValueError(f"{where}: field 'value' must hold {n} finite numbers, one per token")
     ids = record.get("completion_ids", [None] * n)
     if not isinstance(ids, list) or len(ids) != n:
         raise ValueError(f"{where}: field 'completion_ids' must be a list of {n} ids, one per token")
@@ -290,19 +343,28 @@ pre.text { white-space: pre-wrap; word-break: break-word; margin: 0.2em 0; max-h
 
 
 def _title(record: dict, position: int) -> str:
-    return (
+    text = (
         f"token {position}: {record['tokens'][position]!r}\n"
         f"student log-prob {record['logp_student'][position]:.4f}\n"
         f"teacher log-prob {record['logp_teacher'][position]:.4f}\n"
         f"signal {record['signal'][position]:+.4f}"
     )
+    if record.get("distillation_mode") in LOGIT_MODES:
+        text += f"\n{record['value_label']}: {record['value'][position]:.4g}"
+    return text
 
 
-def token_spans(record: dict, vmax: float) -> str:
-    """The completion as one <span class="tok"> per token, coloured by signal, with the numbers in its title."""
+def value_name(record: dict) -> str:
+    return "divergence" if record.get("distillation_mode") in LOGIT_MODES else "signal"
+
+
+def token_spans(record: dict, scale: Union[float, ColourScale]) -> str:
+    """The completion as one <span class="tok"> per token, coloured by its value, with the numbers in its title."""
+    scale = as_scale(scale)
     spans = []
+    values = drawn_values(record)
     for i, token in enumerate(record["tokens"]):
-        rgb = signal_colour(record["signal"][i], vmax)
+        rgb = scale.colour(values[i])
         classes = "tok nl" if "\n" in token else "tok"
         spans.append(
             f'<span class="{classes}" style="background:{hex_colour(rgb)};color:{text_colour(rgb)}" '
@@ -311,11 +373,11 @@ def token_spans(record: dict, vmax: float) -> str:
     return "".join(spans)
 
 
-def format_stats(stats: dict) -> str:
+def format_stats(stats: dict, name: str = "signal") -> str:
     if not stats["tokens"]:
         return "0 tokens (masked)"
     return (
-        f"mean {stats['mean']:+.4f} · sum {stats['sum']:+.4f} · mean |signal| {stats['mean_abs']:.4f} · "
+        f"mean {stats['mean']:+.4f} · sum {stats['sum']:+.4f} · mean |{name}| {stats['mean_abs']:.4f} · "
         f"{stats['tokens']} tokens"
     )
 
@@ -327,47 +389,52 @@ def feedback_text(record: dict) -> str:
     return record["feedback"] if record["feedback"].strip() else NO_FEEDBACK
 
 
-def _panel_html(label: str, record: dict, vmax: float) -> str:
+def _panel_html(label: str, record: dict, scale: ColourScale) -> str:
+    name = value_name(record)
     return (
         '<section class="panel">'
         f"<h3>{html.escape(label)}</h3>"
-        f'<div class="stats">{html.escape(format_stats(record_stats(record)))}</div>'
+        f'<div class="stats">{html.escape(format_stats(record_stats(record), name))}</div>'
         f'<span class="name">Prompt</span><pre class="text">{html.escape(record["prompt"])}</pre>'
         f'<span class="name">Feedback (the user\'s next message)</span>'
         f'<pre class="text">{html.escape(feedback_text(record))}</pre>'
-        f'<span class="name">Completion, coloured by signal</span><div class="tokens">{token_spans(record, vmax)}</div>'
+        f'<span class="name">Completion, coloured by {name}</span><div class="tokens">{token_spans(record, scale)}</div>'
         "</section>"
     )
 
 
-def legend_html(vmax: float, steps: int = 11) -> str:
-    values = [vmax * (2 * k / (steps - 1) - 1) for k in range(steps)]
+def legend_html(scale: Union[float, ColourScale], steps: int = 11) -> str:
+    scale = as_scale(scale)
+    values = [scale.low + (scale.vmax - scale.low) * k / (steps - 1) for k in range(steps)]
     swatches = "".join(
-        f'<span style="background:{hex_colour(signal_colour(v, vmax))}" title="{v:+.3f}"></span>' for v in values
+        f'<span style="background:{hex_colour(scale.colour(v))}" title="{v:+.3f}"></span>' for v in values
     )
+    explained = ("orange: the follow-up made the token less likely · blue: more likely (signal = teacher − student "
+                 "log-prob)") if not scale.one_sided else f"per token: {scale.label}"
     return (
-        f'<div class="legend"><span>{-vmax:+.3f}</span><span class="bar">{swatches}</span><span>{vmax:+.3f}</span>'
-        "<span>&nbsp;orange: the follow-up made the token less likely · blue: more likely "
-        "(signal = teacher − student log-prob)</span></div>"
+        f'<div class="legend"><span>{scale.low:+.3f}</span><span class="bar">{swatches}</span>'
+        f"<span>{scale.vmax:+.3f}</span><span>&nbsp;{html.escape(explained)}</span></div>"
     )
 
 
-def render_html(rows: list[tuple[str, list[tuple[str, dict]]]], vmax: float, title: str, note: str = "") -> str:
+def render_html(rows: list[tuple[str, list[tuple[str, dict]]]], scale: Union[float, ColourScale], title: str,
+                note: str = "") -> str:
     """A self-contained page: one row per (heading, panels), each panel a (label, record) shown side by side.
 
     Every piece of text from the records goes through html.escape; the page loads nothing from anywhere.
     """
+    scale = as_scale(scale)
     body = []
     for heading, panels in rows:
         if heading:
             body.append(f"<h2>{html.escape(heading)}</h2>")
-        body.append('<div class="row">' + "".join(_panel_html(label, r, vmax) for label, r in panels) + "</div>")
+        body.append('<div class="row">' + "".join(_panel_html(label, r, scale) for label, r in panels) + "</div>")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         + (f"<p>{html.escape(note)}</p>" if note else "")
-        + legend_html(vmax)
+        + legend_html(scale)
         + "\n".join(body)
         + "</body></html>\n"
     )
@@ -416,7 +483,7 @@ def _wrap_plain(text: str, width: int, max_lines: int) -> list[str]:
 def _panel_lines(label: str, record: dict, width: int) -> tuple[list[tuple[str, str]], list[tuple[int, int, str]]]:
     """Plain text lines (text, weight) of a panel's header, and its placed tokens starting after them."""
     head = [(label, "bold")] if label else []
-    head += [(format_stats(record_stats(record)), "normal"), ("Prompt:", "bold")]
+    head += [(format_stats(record_stats(record), value_name(record)), "normal"), ("Prompt:", "bold")]
     head += [(line, "normal") for line in _wrap_plain(record["prompt"], width, 6)]
     head.append(("Feedback:", "bold"))
     head += [(line, "normal") for line in _wrap_plain(feedback_text(record), width, 4)]
@@ -424,8 +491,10 @@ def _panel_lines(label: str, record: dict, width: int) -> tuple[list[tuple[str, 
     return head, wrap_tokens(record["tokens"], width)
 
 
-def render_png(rows: list[tuple[str, list[tuple[str, dict]]]], vmax: float, title: str, width: int = 80) -> bytes:
+def render_png(rows: list[tuple[str, list[tuple[str, dict]]]], scale: Union[float, ColourScale], title: str,
+               width: int = 80) -> bytes:
     """The rows as a PNG: panels side by side, tokens on coloured cells, a colour bar at the bottom."""
+    scale = as_scale(scale)
     columns = max(len(panels) for _, panels in rows)
     gap = 3
     layout, y = [], 2  # (top line, heading, [(head lines, placed tokens, record)]); lines 0-1 hold the title
@@ -456,18 +525,18 @@ def render_png(rows: list[tuple[str, list[tuple[str, dict]]]], vmax: float, titl
                 for i, (line, weight) in enumerate(head):
                     ax.text(x0, top + i + 0.5, line, fontweight=weight, **text_kw)
                 y0 = top + len(head)
-                for (line, col, text), s in zip(placed, record["signal"]):
-                    rgb = signal_colour(s, vmax)
+                for (line, col, text), s in zip(placed, drawn_values(record)):
+                    rgb = scale.colour(s)
                     ax.add_patch(Rectangle((x0 + col, y0 + line + 0.08), max(len(text), 1), 0.84,
                                            facecolor=hex_colour(rgb), edgecolor="none"))
                     ax.text(x0 + col, y0 + line + 0.5, text, color=text_colour(rgb), **text_kw)
-        colours = [tuple(ch / 255 for ch in signal_colour(v, vmax)) for v in _linspace(-vmax, vmax, 256)]
+        colours = [tuple(ch / 255 for ch in scale.colour(v)) for v in _linspace(scale.low, scale.vmax, 256)]
         bar_ax = fig.add_axes((0.2, 2.6 * CELL_H / 72 / fig_h, 0.6, 0.9 * CELL_H / 72 / fig_h))
         bar = fig.colorbar(
-            matplotlib.cm.ScalarMappable(norm=Normalize(-vmax, vmax), cmap=ListedColormap(colours)),
+            matplotlib.cm.ScalarMappable(norm=Normalize(scale.low, scale.vmax), cmap=ListedColormap(colours)),
             cax=bar_ax, orientation="horizontal",
         )
-        bar.set_label("signal = teacher − student log-prob (blue: more likely given the follow-up)", fontsize=FONT_SIZE)
+        bar.set_label(scale.label, fontsize=FONT_SIZE)
         bar.ax.tick_params(labelsize=FONT_SIZE - 1)
         dpi = min(150.0, MAX_PIXELS / max(fig_w, fig_h))
         out = io.BytesIO()
@@ -591,14 +660,14 @@ class CasesArguments:
 
 def run_log(args: LogArguments) -> list[Path]:
     records = select_records(read_token_log(args.token_log), args.step_list, args.index_list)
-    vmax = scale_limit(records, args.vmax)
+    scale = colour_scale(records, args.vmax)
     rows = [(f"Step {r['step']}, record {i}", [("", r)]) for i, r in enumerate(records)]
     steps = sorted({r["step"] for r in records})
     title = f"SDPO signal: {args.token_log}, step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
     out = Path(args.output_dir)
     paths = [out / "signal.html", out / "signal.png"]
-    write_atomic(paths[0], render_html(rows, vmax, title).encode("utf-8"))
-    write_atomic(paths[1], render_png(rows, vmax, title, width=args.png_width))
+    write_atomic(paths[0], render_html(rows, scale, title).encode("utf-8"))
+    write_atomic(paths[1], render_png(rows, scale, title, width=args.png_width))
     return paths
 
 

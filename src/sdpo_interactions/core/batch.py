@@ -1,7 +1,8 @@
 """The typed objects that carry samples between SDPO's stages: the answers to score, and the scored batch the loss
 reads. A new objective adds a field here, not a string key read in five places.
 
-Shapes: B answers, P student-prompt tokens (left-padded), T completion tokens (right-padded).
+Shapes: B answers, P student-prompt tokens (left-padded), C hindsight-context tokens (left-padded), T completion
+tokens (right-padded).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class SDPOBatch:
     prompt_mask: torch.Tensor  # (B, P)
     completion_ids: torch.Tensor  # (B, T)
     completion_mask: torch.Tensor  # (B, T)
-    teacher_logps: torch.Tensor  # (B, T): log p(y_t | x, o, y_<t)
+    # (B, T): log p(y_t | x, o, y_<t). The logit modes score the teacher at loss time and fill it in there.
+    teacher_logps: Optional[torch.Tensor]
     has_feedback: torch.Tensor  # (B,) bool: False for an empty or failed reply, which the loss leaves out
     loss_normalizer: torch.Tensor  # (): this generation batch's normaliser (maths.loss_normalizer)
     generation_step: torch.Tensor  # (B,): the optimizer step at which the sample was generated
@@ -59,6 +61,8 @@ class SDPOBatch:
     # At logging steps, a few answers scored again under another sample's feedback (the specificity metric).
     stranger_feedback: list[Optional[str]]  # B: that feedback, or None for rows not re-scored
     unrelated_teacher_logps: torch.Tensor  # (B, T): zeros for rows not re-scored
+    teacher_ids: Optional[torch.Tensor] = None  # (B, C): the hindsight contexts, for the logit modes' loss-time pass
+    teacher_mask: Optional[torch.Tensor] = None  # (B, C)
     old_logps: Optional[torch.Tensor] = None  # (B, T): the policy at generation time, when a step reuses the batch
     importance_sampling_ratio: Optional[torch.Tensor] = None  # (B, T): vLLM's sampler vs the trained weights
     ref_logps: Optional[torch.Tensor] = None  # (B, T): the reference model, for the KL penalty (beta > 0)

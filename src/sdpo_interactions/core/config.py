@@ -15,7 +15,7 @@ from trl import GRPOConfig
 
 from sdpo_interactions.core.hindsight import DEFAULT_HINDSIGHT_TEMPLATE
 from sdpo_interactions.core.maths import ADVANTAGE_BASELINES, LOSS_TYPES
-from sdpo_interactions.core.objectives import OBJECTIVES
+from sdpo_interactions.core.objectives import LOGIT_MODES, OBJECTIVES
 from sdpo_interactions.core.teacher import TEACHERS
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 
@@ -52,14 +52,54 @@ class OnlineSDPOConfig(GRPOConfig):
     )
     distillation_mode: str = field(
         default="sampled_token",
-        metadata={"help": "The per-token objective: `sampled_token` (the paper's policy gradient with the hindsight "
-                          "log-ratio of each sampled token as its advantage).",
+        metadata={"help": "The per-token objective (TRL's name and values): `sampled_token` (the paper's policy "
+                          "gradient, the hindsight log-ratio of each sampled token its advantage), `topk_logits` "
+                          "(a divergence between the student's and the teacher's next-token distributions over the "
+                          "student's top distillation_topk tokens, the authors' newest default) or `full_logits` "
+                          "(the same over the whole vocabulary).",
                   "choices": list(OBJECTIVES)},
+    )
+    distillation_topk: int = field(
+        default=50,
+        metadata={"help": "k of topk_logits: the support is the student's k most likely tokens at each position "
+                          "(the authors' default 50; TRL has none; verl's rich-feedback run uses 20)."},
+    )
+    distillation_add_tail: bool = field(
+        default=True,
+        metadata={"help": "topk_logits: add a bucket holding the probability outside the top k (the authors' and "
+                          "verl's default; TRL's is false); false renormalises both distributions over the k."},
+    )
+    distillation_alpha: float = field(
+        default=1.0,
+        metadata={"help": "The logit modes' divergence: 1 the reverse KL(student || teacher) (the paper's Eq. 2, the "
+                          "authors'), 0 the forward KL(teacher || student), in between TRL's generalised "
+                          "Jensen-Shannon divergence. sampled_token is the reverse KL's estimator: 1 only."},
+    )
+    distillation_is_clip: Optional[float] = field(
+        default=None,
+        metadata={"help": "The logit modes: weight each token's divergence by its importance ratio against the "
+                          "policy that sampled y, capped at this value (TRL's one-sided clip; TRL's default 2.0). "
+                          "Acts only when a generation batch is reused; unset (the authors') turns it off."},
+    )
+    distillation_chunk_size: int = field(
+        default=256,
+        metadata={"help": "The logit modes: answer tokens projected to the vocabulary at once in the loss. Peak "
+                          "memory grows with it (about 6 x chunk x vocabulary x 4 bytes), speed a little."},
     )
     teacher_model_kind: str = field(
         default="live",
-        metadata={"help": "Who re-scores the answer in hindsight: `live` (the policy being trained, the paper's).",
+        metadata={"help": "Who re-scores the answer in hindsight (TRL's name and values): `live` (the policy being "
+                          "trained, the paper's), `base` (the initial policy, frozen: free under LoRA, else a copy "
+                          "of the weights) or `ema` (a moving average of the policy, saved in checkpoints).",
                   "choices": list(TEACHERS)},
+    )
+    teacher_update_rate: float = field(
+        default=0.05,
+        metadata={"help": "ema: teacher <- (1 - rate) teacher + rate student at each update (TRL's default)."},
+    )
+    teacher_sync_steps: int = field(
+        default=1,
+        metadata={"help": "ema: update the teacher after every this many optimizer steps (TRL's default)."},
     )
     hindsight_template: str = field(
         default=DEFAULT_HINDSIGHT_TEMPLATE,
@@ -166,6 +206,33 @@ class OnlineSDPOConfig(GRPOConfig):
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.signal_clip is not None and self.signal_clip <= 0:
             problems.append(f"signal_clip must be > 0 (or unset), got {self.signal_clip}")
+        return problems + self._distillation_problems()
+
+    def _distillation_problems(self) -> list[str]:
+        problems = []
+        if not 0.0 <= self.distillation_alpha <= 1.0:
+            problems.append(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
+        for name in ("distillation_topk", "distillation_chunk_size", "teacher_sync_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.distillation_is_clip is not None and self.distillation_is_clip <= 0:
+            problems.append(f"distillation_is_clip must be > 0 (or unset), got {self.distillation_is_clip}")
+        if not 0.0 < self.teacher_update_rate <= 1.0:
+            problems.append(f"teacher_update_rate must be in (0, 1], got {self.teacher_update_rate}")
+        if self.distillation_mode == "sampled_token":
+            if self.distillation_alpha != 1.0:
+                problems.append("distillation_alpha must be 1 with sampled_token, the reverse KL's estimator "
+                                "(other values need topk_logits or full_logits)")
+            if self.distillation_is_clip is not None:
+                problems.append("distillation_is_clip applies to topk_logits and full_logits; sampled_token corrects "
+                                "a reused batch with PPO's clip (epsilon, delta)")
+        elif self.distillation_mode in LOGIT_MODES:
+            if self.signal_clip is not None:
+                problems.append(f"signal_clip clips the sampled-token signal; {self.distillation_mode} has none "
+                                "(as in the authors' code, where full_distillation ignores it)")
+            if self.advantage_baseline == "leave_one_out":
+                problems.append(f"advantage_baseline=leave_one_out needs sampled_token; {self.distillation_mode} "
+                                "has no advantage to centre")
         return problems
 
     def _template_problems(self) -> list[str]:

@@ -1,7 +1,7 @@
 """SDPO's metrics, reduced over processes into TRL's per-mode metric lists (which Trainer averages per logging step).
 
 Names: `sdpo/*` the signal and the loss, `user_sim/*` the user, `hindsight/*` the teacher's contexts, `clip_ratio/*`
-PPO's clipping (only when there is a behaviour policy to clip against).
+PPO's clipping, or the logit modes' importance-ratio cap (only when there is a behaviour policy to clip against).
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import torch
 
 from sdpo_interactions.core.batch import SDPOBatch
 from sdpo_interactions.core.maths import masked_mean
-from sdpo_interactions.core.objectives import ObjectiveResult
+from sdpo_interactions.core.objectives import ObjectiveResult, ObjectiveSettings
 
 
 class SDPOMetrics:
     """Appends reduced values to `store[mode][key]` (GRPOTrainer's `_metrics`)."""
 
-    def __init__(self, accelerator, store: dict):
+    def __init__(self, accelerator, store: dict, settings: ObjectiveSettings):
         self.accelerator = accelerator
         self.store = store
+        self.settings = settings
 
     def mean(self, mode: str, key: str, value: torch.Tensor) -> None:
         self.store[mode][key].append(self.accelerator.gather(value.detach()).nanmean().item())
@@ -42,30 +43,36 @@ class SDPOMetrics:
             metrics[f"user_sim/{key}"].append((reduced.mean() if key.endswith("_frac") else reduced.sum()).item())
 
     def loss(self, mode: str, batch: SDPOBatch, result: ObjectiveResult, student: torch.Tensor,
-             entropies: torch.Tensor, *, epsilon_low: float, epsilon_high: float) -> None:
-        """The signal and loss metrics of one micro-batch; `student` (B, T) is the signal's student term."""
+             entropies: torch.Tensor) -> None:
+        """The signal and loss metrics of one micro-batch; `student` (B, T) is the signal's student term. The
+        sampled-token signal is logged in every mode (the logit modes gather the teacher's log-prob of y_t from
+        their loss-time pass), the divergence in the logit modes, the advantage where there is one."""
         mask = batch.completion_mask
         with_feedback = mask * batch.has_feedback.long().unsqueeze(1)
-        signal = result.token_values
+        signal = result.signal
         self.mean(mode, "sdpo/signal_mean", masked_mean(signal, with_feedback))
         self.mean(mode, "sdpo/signal_abs_mean", masked_mean(signal.abs(), with_feedback))
         sequence_sums = (signal * with_feedback).sum(dim=1)
         self.mean(mode, "sdpo/sequence_log_ratio", masked_mean(sequence_sums, batch.has_feedback))
         self.mean(mode, "sdpo/teacher_logp", masked_mean(batch.teacher_logps, with_feedback))
         self.mean(mode, "sdpo/student_logp", masked_mean(student, with_feedback))
-        self.mean(mode, "sdpo/advantage_abs_mean", masked_mean(result.advantages.abs(), with_feedback))
+        if result.advantages is not None:
+            self.mean(mode, "sdpo/advantage_abs_mean", masked_mean(result.advantages.abs(), with_feedback))
+        else:
+            self.mean(mode, "sdpo/divergence_mean", masked_mean(result.token_values, with_feedback))
         self.mean(mode, "entropy", masked_mean(entropies, mask))
         # The raw signal, never clipped, so that own and stranger feedback are measured alike.
         self.specificity(mode, batch, (batch.teacher_logps - student).abs(),
                          (batch.unrelated_teacher_logps - student).abs())
-        if result.ratio is not None:
-            self.clipping(mode, result.ratio, result.advantages, mask, epsilon_low=epsilon_low,
-                          epsilon_high=epsilon_high)
+        if result.ratio is not None and result.advantages is not None:
+            self.clipping(mode, result.ratio, result.advantages, mask)
+        elif result.ratio is not None:
+            capped = result.ratio > self.settings.distillation_is_clip
+            self.mean(mode, "clip_ratio/is_capped_mean", masked_mean(capped.float(), with_feedback))
 
-    def clipping(self, mode: str, ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-                 epsilon_low: float, epsilon_high: float) -> None:
-        low = (ratio < 1 - epsilon_low) & (advantages < 0)
-        high = (ratio > 1 + epsilon_high) & (advantages > 0)
+    def clipping(self, mode: str, ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> None:
+        low = (ratio < 1 - self.settings.epsilon_low) & (advantages < 0)
+        high = (ratio > 1 + self.settings.epsilon_high) & (advantages > 0)
         self.mean(mode, "clip_ratio/low_mean", masked_mean(low.float(), mask))
         self.mean(mode, "clip_ratio/high_mean", masked_mean(high.float(), mask))
         self.mean(mode, "clip_ratio/region_mean", masked_mean((low | high).float(), mask))

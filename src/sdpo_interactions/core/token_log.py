@@ -8,7 +8,7 @@ the trimming a resumed run needs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -18,10 +18,14 @@ from sdpo_interactions.run_files import append_jsonl, filter_jsonl
 TOKEN_LOG_NAME = "token_logps.jsonl"
 
 
-def token_records(batch: SDPOBatch, student_logps: torch.Tensor, values: torch.Tensor, decode: Callable) -> list[dict]:
+def token_records(batch: SDPOBatch, student_logps: torch.Tensor, signal: torch.Tensor, decode: Callable, *,
+                  mode: Optional[str] = None, label: Optional[str] = None, values: Optional[torch.Tensor] = None
+                  ) -> list[dict]:
     """One JSON-ready record per answer: texts, contexts, token ids and strings, and per-token numbers.
 
-    `student_logps` and `values` (the objective's per-token value, the signal for `sampled_token`) are (B, T);
+    `student_logps` and `signal` (teacher - student log-prob of each sampled token) are (B, T); `values` (B, T) is
+    what the objective `mode` optimised per token (the signal as clipped for `sampled_token`, the divergence for the
+    logit modes), described by `label`; without them the record holds the signal only (score_signal's records).
     `decode` turns a list of single-token lists into their strings.
     """
     records = []
@@ -42,7 +46,9 @@ def token_records(batch: SDPOBatch, student_logps: torch.Tensor, values: torch.T
                 "tokens": decode([[t] for t in ids]),
                 "logp_student": student_logps[i][keep].float().tolist(),
                 "logp_teacher": batch.teacher_logps[i][keep].float().tolist(),
-                "signal": values[i][keep].float().tolist(),
+                "signal": signal[i][keep].float().tolist(),
+                **({} if values is None else {"distillation_mode": mode, "value_label": label,
+                                              "value": values[i][keep].float().tolist()}),
                 "stranger_feedback": stranger,
                 "signal_unrelated": None if stranger is None else (
                     batch.unrelated_teacher_logps[i][keep].float() - student_logps[i][keep].float()

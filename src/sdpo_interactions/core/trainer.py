@@ -31,23 +31,24 @@ from sdpo_interactions.core.batch import Answers, SDPOBatch, pad_rows
 from sdpo_interactions.core.callbacks import GracefulStop, LogFirstAndLastStep, RunSettingsWriter, StepSummaryProgress
 from sdpo_interactions.core.config import OnlineSDPOConfig
 from sdpo_interactions.core.hindsight import ChatContexts
+from sdpo_interactions.core.loss import MicroBatchLoss
 from sdpo_interactions.core.maths import (
     aggregate_loss,
     first_tokens_mask,
-    k3_kl,
     leave_one_out_baseline,
     loss_normalizer,
     masked_mean,
     micro_batch_normalizer,
 )
 from sdpo_interactions.core.metrics import SDPOMetrics
-from sdpo_interactions.core.objectives import ObjectiveSettings, get_objective
+from sdpo_interactions.core.objectives import value_label
 from sdpo_interactions.core.persona_schedule import PersonaScheduleCallback
 from sdpo_interactions.core.run_record import RunRecord
 from sdpo_interactions.core.sampler import EpochSeededRepeatSampler
 from sdpo_interactions.core.scoring import HindsightScorer
 from sdpo_interactions.core.specificity import SpecificityWatch
-from sdpo_interactions.core.teacher import build_teacher
+from sdpo_interactions.core.teacher import build_teacher, parameter_sharding
+from sdpo_interactions.core.teacher_sync import TeacherSync
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME, TokenLog, token_records
 from sdpo_interactions.prompts import last_user_text
 from sdpo_interactions.run_files import latest_complete_checkpoint
@@ -81,21 +82,20 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
         self.contexts = ChatContexts(self.tokenizer, chat_template_kwargs=args.chat_template_kwargs,
                                      hindsight_template=args.hindsight_template,
                                      max_teacher_prompt_length=args.max_teacher_prompt_length)
-        self.teacher = build_teacher(args.teacher_model_kind, lambda: self.model, self.score_logps)
+        self.teacher = build_teacher(args.teacher_model_kind, lambda: self.model, self.score_logps,
+                                     unwrap=self.accelerator.unwrap_model, update_rate=args.teacher_update_rate,
+                                     sharded=parameter_sharding(self.accelerator))
         self.scorer = HindsightScorer(self.contexts, self.teacher, self._pad)
-        self.objective = get_objective(args.distillation_mode)
-        self.objective_settings = ObjectiveSettings(
-            advantage_baseline=args.advantage_baseline, signal_clip=args.signal_clip, epsilon_low=self.epsilon_low,
-            epsilon_high=self.epsilon_high, delta=args.delta,
-            sequence_level_ratio=self.importance_sampling_level == "sequence",
-        )
-        self.sdpo_metrics = SDPOMetrics(self.accelerator, self._metrics)
+        self.micro_batch_loss = MicroBatchLoss.for_trainer(self)  # the objective, and what it needs prepared
+        self.value_label = value_label(args.distillation_mode, self.micro_batch_loss.settings)
+        self.sdpo_metrics = SDPOMetrics(self.accelerator, self._metrics, self.micro_batch_loss.settings)
         self.specificity_watch = SpecificityWatch(args.specificity_min, args.specificity_warn_after)
         self.token_log = TokenLog(Path(args.output_dir) / TOKEN_LOG_NAME, args.token_log_samples)
         self.run_settings = dict(run_settings or {})
         self.record = RunRecord(args.output_dir, self.sdpo_settings, self.token_log, self.accelerator)
         self.graceful_stop = GracefulStop(self.accelerator)
-        for callback in (self.graceful_stop, RunSettingsWriter(self.sdpo_settings), LogFirstAndLastStep()):
+        self.teacher_sync = TeacherSync(self.teacher, args.teacher_sync_steps)
+        for callback in (self.teacher_sync, self.graceful_stop, RunSettingsWriter(self.sdpo_settings), LogFirstAndLastStep()):
             self.add_callback(callback)
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(StepSummaryProgress())
@@ -165,8 +165,14 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
         device = self.accelerator.device
         has_feedback = torch.tensor([bool(o.strip()) for o in feedback], device=device)
         teacher_texts, shortened = zip(*(self.contexts.teacher_context(m, o) for m, o in zip(messages, feedback)))
-        teacher_logps, teacher_lengths = self.scorer.teacher_pass(list(teacher_texts), answers.completion_ids,
-                                                                  answers.completion_mask)
+        teacher_ids = teacher_mask = teacher_logps = None
+        at_loss_time = self.micro_batch_loss.objective.needs == "logits"  # the loss runs the teacher on the contexts
+        if at_loss_time:
+            teacher_ids, teacher_mask = self.scorer.context_ids(list(teacher_texts))
+            teacher_lengths = teacher_mask.sum(dim=1)
+        if not at_loss_time or not self.model.training:  # evaluation and score_signal read them here
+            teacher_logps, teacher_lengths = self.scorer.teacher_pass(list(teacher_texts), answers.completion_ids,
+                                                                      answers.completion_mask)
         # At logging steps in training, a few answers are scored again under another sample's feedback.
         due = self.model.training and self.state.global_step % max(int(self.args.logging_steps), 1) == 0
         strangers, unrelated = self.scorer.stranger_pass(
@@ -182,6 +188,7 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
             feedback_text=list(feedback), feedback_style=[self.feedback_style()] * len(messages),
             student_context=answers.student_context,
             teacher_context=list(teacher_texts), stranger_feedback=strangers, unrelated_teacher_logps=unrelated,
+            teacher_ids=teacher_ids, teacher_mask=teacher_mask,
         )
         return batch, list(shortened), teacher_lengths
 
@@ -253,20 +260,7 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
     def _compute_loss(self, model, inputs):
         batch = SDPOBatch.from_trl(inputs)
         mode = "train" if self.model.training else "eval"
-        logps, entropies = self._get_per_token_logps_and_entropies(
-            model, torch.cat([batch.prompt_ids, batch.completion_ids], dim=1),
-            torch.cat([batch.prompt_mask, batch.completion_mask], dim=1), batch.completion_ids.size(1),
-            compute_entropy=True,
-        )
-        # On-policy, the detached grad-pass log-probs *are* the student term: no separate old-log-prob pass.
-        reference = logps.detach() if batch.old_logps is None else batch.old_logps
-        result = self.objective(
-            student_logps=logps, teacher_logps=batch.teacher_logps, reference_logps=reference,
-            behaviour_logps=batch.old_logps if self.answers_from_policy else None, mask=batch.completion_mask,
-            has_feedback=batch.has_feedback, sequence_baseline=batch.sequence_baseline,
-            settings=self.objective_settings,
-        )
-        per_token_loss, per_token_kl = self._regularised(result.per_token_loss, batch, logps, entropies)
+        parts = self.micro_batch_loss(model, batch)
         normalizer = batch.loss_normalizer
         if self.model.training:
             normalizer = micro_batch_normalizer(
@@ -274,27 +268,16 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
                 gradient_accumulation_steps=self.current_gradient_accumulation_steps,
                 num_processes=self.accelerator.num_processes,
             )
-        loss = aggregate_loss(per_token_loss, self._loss_mask(batch.completion_mask, batch.has_feedback),
+        loss = aggregate_loss(parts.per_token_loss, self._loss_mask(batch.completion_mask, batch.has_feedback),
                               loss_type=self.loss_type, normalizer=normalizer)
-        self.sdpo_metrics.loss(mode, batch, result, reference, entropies, epsilon_low=self.epsilon_low,
-                               epsilon_high=self.epsilon_high)
-        self.sdpo_metrics.kl(mode, per_token_kl, batch.completion_mask)
+        self.sdpo_metrics.loss(mode, batch, parts.result, parts.reference, parts.entropies)
+        self.sdpo_metrics.kl(mode, parts.per_token_kl, batch.completion_mask)
         if mode == "train" and self.args.token_log_samples > 0:
-            self.token_log.collect(lambda n: token_records(batch, reference, result.token_values,
-                                                           self.tokenizer.batch_decode)[:n], gather_object)
+            self.token_log.collect(lambda n: token_records(
+                batch, parts.reference, parts.result.signal, self.tokenizer.batch_decode,
+                mode=self.args.distillation_mode, label=self.value_label, values=parts.result.token_values)[:n],
+                gather_object)
         return loss
-
-    def _regularised(self, per_token_loss, batch: SDPOBatch, logps, entropies
-                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """GRPOConfig's options on top of the objective: the high-entropy token mask, vLLM's importance-sampling
-        correction and the KL penalty to the reference (returned too, for its metric)."""
-        if self.top_entropy_quantile < 1.0:
-            per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, batch.completion_mask,
-                                                                         1 - self.top_entropy_quantile)
-        if batch.importance_sampling_ratio is not None:
-            per_token_loss = per_token_loss * batch.importance_sampling_ratio
-        per_token_kl = None if self.beta == 0.0 else k3_kl(batch.ref_logps, logps)
-        return (per_token_loss if per_token_kl is None else per_token_loss + self.beta * per_token_kl), per_token_kl
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         super().log(logs, start_time)
@@ -311,7 +294,9 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
             "model_name_or_path": self.model.config._name_or_path,
             **{name: getattr(self.args, name) for name in (
                 "hindsight_template", "chat_template_kwargs", "advantage_baseline", "distillation_mode",
-                "teacher_model_kind", "signal_clip", "ignore_first_tokens")},
+                "teacher_model_kind", "signal_clip", "ignore_first_tokens", "distillation_topk",
+                "distillation_add_tail", "distillation_alpha", "distillation_is_clip", "teacher_update_rate",
+                "teacher_sync_steps")},
             "loss_type": self.loss_type,
             "num_generations": self.num_generations,
             "max_prompt_length": self.max_prompt_length,
@@ -327,7 +312,14 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in {self.args.output_dir} to resume from")
         self.record.start(resume_from_checkpoint)
+        self.teacher_sync.restore(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
+        """The policy's weights, and beside them a teacher's own (EMA), which a resume from a checkpoint needs."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.teacher_sync.save(output_dir or self.args.output_dir)
 
     def save_final(self) -> Optional[int]:
         """After `train`: save the model and trainer state, or, if a signal stopped the run (its checkpoint is saved
