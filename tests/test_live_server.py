@@ -19,7 +19,7 @@ from sdpo_interactions.testing.runs import subprocess_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ("--max_completion_tokens", "16", "--monitor_probe_tokens", "16", "--lora_r", "8", "--lora_alpha", "16",
+SETTINGS = ("--max_completion_tokens", "16", "--monitor_probe_tokens", "8", "--lora_r", "8", "--lora_alpha", "16",
             "--samples_per_update", "2", "--min_seconds_between_updates", "0", "--max_sample_wait_seconds", "600",
             "--max_message_chars", "2000", "--max_messages", "8", "--max_prompt_tokens", "300",
             "--max_request_bytes", "20000")
@@ -162,13 +162,17 @@ def test_metrics_are_prometheus_text_counting_requests_samples_and_updates(serve
 
 
 def test_the_export_replays_with_train_offline(server, tiny_model_dir, tmp_path):
-    client = server.client()  # a greedy answer that ends within the token budget (the replay drops cut-off ones)
-    x = [{"role": "user", "content": "Answer with one word: is the sky blue?"}]
-    first = client.chat.completions.create(model=MODEL, messages=x, user="export", temperature=0)
-    assert first.choices[0].finish_reason == "stop"
-    follow = x + [{"role": "assistant", "content": first.choices[0].message.content},
-                  {"role": "user", "content": "Thanks!"}]
-    client.chat.completions.create(model=MODEL, messages=follow, user="export")
+    client = server.client()  # greedy answers to short questions, one of which ends within the token budget
+    for question in ("Answer with one word: is the sky blue?", "What is 2 + 2? Reply with the number only.",
+                     "Reply with one word: hello."):
+        x = [{"role": "user", "content": question}]
+        first = client.chat.completions.create(model=MODEL, messages=x, user="export", temperature=0)
+        follow = x + [{"role": "assistant", "content": first.choices[0].message.content},
+                      {"role": "user", "content": "Thanks!"}]
+        client.chat.completions.create(model=MODEL, messages=follow, user="export")
+        if first.choices[0].finish_reason == "stop":
+            break
+    assert first.choices[0].finish_reason == "stop"  # train_offline leaves answers cut at the budget out
     export = tmp_path / "export.jsonl"
     command = [sys.executable, "-m", "sdpo_interactions.cli.serve_live", "--data_dir", str(server.data_dir),
                "--export_to", str(export)]

@@ -85,7 +85,11 @@ class BatchStreamer(BaseStreamer):
             return  # an incomplete character, or a decode that changed earlier text: wait for more
         delta, self.sent[i] = text[len(self.sent[i]):], text
         if delta and self.jobs[i].on_text is not None:
-            self.jobs[i].on_text(delta)
+            try:
+                self.jobs[i].on_text(delta)
+            except RuntimeError:  # its event loop is gone (shutdown): the answer is still finished and stored
+                logger.warning("A streamed answer's receiver is gone; finishing it without streaming")
+                self.jobs[i].on_text = None
 
     def text(self, i: int) -> str:
         ids = [t for t in self.rows[i] if t not in self.eos_ids]
@@ -159,7 +163,7 @@ class Engine:
             self._apply_swaps()
             batch = self._take_batch()
             if batch:
-                self._run(batch)
+                self._run(batch)  # never raises: a failed batch fails its requests, and serving goes on
         for job in [*self.waiting, *_drain(self.jobs)]:
             job.future.set_exception(RuntimeError("the server is shutting down"))
 
@@ -199,7 +203,8 @@ class Engine:
         except Exception as err:  # each waiting request gets the error; the server keeps serving
             logger.exception("Generation failed for a batch of %d", len(batch))
             for job in batch:
-                job.future.set_exception(err)
+                if not job.future.done():
+                    job.future.set_exception(err)
             return
         for job, result in zip(batch, results):
             job.future.set_result(result)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -20,6 +20,7 @@ from sdpo_interactions.live.engine import SHARED, Engine
 from sdpo_interactions.live.step import TEACHER_STATE_NAME, SDPOUpdate
 from sdpo_interactions.live.store import Store
 from sdpo_interactions.live.telemetry import Telemetry
+from sdpo_interactions.live.vllm_engine import VllmEngine
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class TrainingModel:
 class Learner:
     """The thread that runs updates; `lock` is held during each, so a user's deletion never meets a half update."""
 
-    def __init__(self, args, store: Store, training: TrainingModel, update: SDPOUpdate, engine: Engine,
-                 telemetry: Telemetry):
+    def __init__(self, args, store: Store, training: TrainingModel, update: SDPOUpdate,
+                 engine: Union[Engine, VllmEngine], telemetry: Telemetry):
         self.args, self.store, self.training, self.update = args, store, training, update
         self.engine, self.telemetry = engine, telemetry
         self.limits = monitors.bounds(args)

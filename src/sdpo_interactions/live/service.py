@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from transformers import AutoTokenizer
@@ -27,10 +28,11 @@ from sdpo_interactions.live.engine import SHARED, Completion, Engine, Generation
 from sdpo_interactions.live.learner import Learner, TrainingModel
 from sdpo_interactions.live.logps import scoring_temperature
 from sdpo_interactions.live.pairing import adapter_name, follow_up, message_key
-from sdpo_interactions.live.settings import LiveArguments, LiveKeys
+from sdpo_interactions.live.settings import VLLM_KEY_VARIABLE, LiveArguments, LiveKeys
 from sdpo_interactions.live.step import SDPOUpdate
 from sdpo_interactions.live.store import Generation, Store, new_id
 from sdpo_interactions.live.telemetry import Telemetry
+from sdpo_interactions.live.vllm_engine import VllmEngine
 
 logger = logging.getLogger(__name__)
 STORE_NAME = "live.sqlite3"
@@ -57,8 +59,9 @@ def store_path(data_dir: str) -> Path:
 
 
 class LiveService:
-    def __init__(self, args: LiveArguments, keys: LiveKeys, *, store: Store, files: AdapterFiles, engine: Engine,
-                 contexts: ChatContexts, learner: Optional[Learner], telemetry: Telemetry):
+    def __init__(self, args: LiveArguments, keys: LiveKeys, *, store: Store, files: AdapterFiles,
+                 engine: Union[Engine, VllmEngine], contexts: ChatContexts, learner: Optional[Learner],
+                 telemetry: Telemetry):
         self.args, self.keys, self.store, self.files, self.engine = args, keys, store, files, engine
         self.contexts, self.learner, self.telemetry = contexts, learner, telemetry
         self.created = int(time.time())
@@ -80,13 +83,18 @@ class LiveService:
                                 hindsight_template=args.hindsight_template,
                                 max_teacher_prompt_length=args.max_teacher_prompt_length)
         torch.manual_seed(args.seed)
-        serving = peft_model(args.model_name_or_path, config, SHARED, device=device, dtype=dtype)
+        first = peft_model(args.model_name_or_path, config, SHARED, device=device, dtype=dtype)
         if SHARED not in store.published_versions():  # the first start: the starting adapter is version 0
             if args.adapter_path:
-                load_weights(serving, SHARED, args.adapter_path, config)
-            store.add_version(SHARED, 0, files.save(serving, SHARED, SHARED, 0, None), None)
-        engine = Engine(serving, tokenizer, device=device, batch_size=args.generation_batch_size,
-                        lora_config=config, versions=store.published_versions())
+                load_weights(first, SHARED, args.adapter_path, config)
+            store.add_version(SHARED, 0, files.save(first, SHARED, SHARED, 0, None), None)
+        if args.generation_backend == "vllm":
+            del first  # vLLM holds the serving copy
+            engine = VllmEngine(args.vllm_url, os.environ.get(VLLM_KEY_VARIABLE), versions=store.published_versions(),
+                                max_concurrency=args.vllm_max_concurrency)
+        else:
+            engine = Engine(first, tokenizer, device=device, batch_size=args.generation_batch_size,
+                            lora_config=config, versions=store.published_versions())
         telemetry = Telemetry(store, engine.served_versions)
         learner = None
         if args.learn:

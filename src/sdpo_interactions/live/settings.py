@@ -21,7 +21,9 @@ from sdpo_interactions.run_files import InputError
 
 API_KEY_VARIABLE = "LIVE_API_KEY"
 ADMIN_KEY_VARIABLE = "LIVE_ADMIN_KEY"
+VLLM_KEY_VARIABLE = "VLLM_API_KEY"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("transformers", "vllm")
 # leave_one_out needs several answers to one prompt; a live sample has one.
 LIVE_BASELINES = tuple(b for b in ADVANTAGE_BASELINES if b != "leave_one_out")
 
@@ -77,7 +79,14 @@ class ServingArguments:
     top_p: float = field(default=1.0, metadata=_help("Nucleus sampling when a request sets none."))
     max_completion_tokens: int = field(default=512, metadata=_help(
         "Longest answer: the default and the ceiling of a request's max_tokens."))
-    generation_batch_size: int = field(default=8, metadata=_help("Requests generated together at most."))
+    generation_batch_size: int = field(default=8, metadata=_help(
+        "transformers backend: requests generated together at most."))
+    generation_backend: str = field(default="transformers", metadata=_help(
+        "Who generates: transformers (in this process, on --device) or vllm (a `vllm serve` at --vllm_url with "
+        "runtime LoRA loading; docs/live.md). The learner trains in this process either way.", BACKENDS))
+    vllm_url: Optional[str] = field(default=None, metadata=_help(
+        "vllm backend: the OpenAI base URL of `vllm serve` (http://host:port/v1); its key, if any, from VLLM_API_KEY."))
+    vllm_max_concurrency: int = field(default=64, metadata=_help("vllm backend: requests in flight at most."))
     export_to: Optional[str] = field(default=None, metadata=_help(
         "Write the store's conversations to this JSONL file (the offline format train_offline.py reads) and exit, "
         "without loading a model or serving."))
@@ -188,7 +197,10 @@ class LiveArguments(ServingArguments, LimitArguments, LearningArguments, Objecti
 
     def problems(self) -> list[str]:
         problems = [] if self.model_name_or_path or self.export_to else ["--model_name_or_path is required"]
-        for name in ("port", "max_completion_tokens", "generation_batch_size", "max_request_bytes",
+        if self.generation_backend == "vllm" and not self.vllm_url and not self.export_to:
+            problems.append("generation_backend=vllm needs --vllm_url, the base URL of `vllm serve` (…/v1)")
+        for name in ("port", "max_completion_tokens", "generation_batch_size", "vllm_max_concurrency",
+                     "max_request_bytes",
                      "max_message_chars", "max_messages", "max_prompt_tokens", "samples_per_update", "lora_r",
                      "lora_alpha", "monitor_probe_tokens"):
             if getattr(self, name) < 1:
@@ -206,7 +218,8 @@ class LiveArguments(ServingArguments, LimitArguments, LearningArguments, Objecti
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.signal_clip is not None and self.signal_clip <= 0:
             problems.append(f"signal_clip must be > 0 (or unset), got {self.signal_clip}")
-        for name, choices in (("dtype", DTYPES), ("distillation_mode", OBJECTIVES), ("teacher_model_kind", TEACHERS),
+        for name, choices in (("dtype", DTYPES), ("generation_backend", BACKENDS), ("distillation_mode", OBJECTIVES),
+                              ("teacher_model_kind", TEACHERS),
                               ("advantage_baseline", LIVE_BASELINES), ("loss_type", LOSS_TYPES)):
             if getattr(self, name) not in choices:
                 problems.append(f"Unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
