@@ -261,7 +261,7 @@ def test_signal_clip_applies_before_the_baseline():
 
 def test_an_unknown_objective_lists_the_choices():
     assert get_objective("sampled_token") is OBJECTIVES["sampled_token"]
-    with pytest.raises(ValueError, match="choose one of sampled_token"):
+    with pytest.raises(ValueError, match="choose one of sampled_token, topk_logits, full_logits"):
         get_objective("topk")
 
 
@@ -274,3 +274,29 @@ def test_config_reports_every_problem_at_once(tmp_path):
     for expected in ("loss_type 'bnpo'", "advantage_baseline 'median'", "distillation_mode 'nope'",
                      "teacher_model_kind 'oracle'", "token_log_samples must be >= 0", "signal_clip must be > 0"):
         assert expected in message
+
+
+def test_the_distillation_options_are_checked_with_every_other_problem(tmp_path):
+    with pytest.raises(ValueError) as err:
+        OnlineSDPOConfig(output_dir=str(tmp_path), distillation_alpha=0.5, distillation_is_clip=2.0,
+                         teacher_update_rate=0.0, teacher_sync_steps=0, distillation_topk=0, report_to=[])
+    message = str(err.value)
+    for expected in ("distillation_alpha must be 1 with sampled_token", "distillation_is_clip applies to topk_logits",
+                     "teacher_update_rate must be in (0, 1]", "teacher_sync_steps must be >= 1",
+                     "distillation_topk must be >= 1"):
+        assert expected in message
+    with pytest.raises(ValueError) as err:
+        OnlineSDPOConfig(output_dir=str(tmp_path), distillation_mode="full_logits", distillation_alpha=1.5,
+                         signal_clip=1.0, advantage_baseline="leave_one_out", num_generations=2, report_to=[])
+    for expected in ("distillation_alpha must be in [0, 1]", "signal_clip clips the sampled-token signal",
+                     "leave_one_out needs sampled_token"):
+        assert expected in str(err.value)
+    config = OnlineSDPOConfig(output_dir=str(tmp_path), distillation_mode="topk_logits", distillation_alpha=0.0,
+                              distillation_is_clip=2.0, teacher_model_kind="ema", report_to=[])
+    assert (config.distillation_topk, config.distillation_add_tail, config.teacher_update_rate) == (50, True, 0.05)
+
+
+def test_the_objectives_declare_what_they_need():
+    assert {name: OBJECTIVES[name].needs for name in OBJECTIVES} == {
+        "sampled_token": "logps", "topk_logits": "logits", "full_logits": "logits"}
+    assert all((entry.needs == "logits") == (entry.token_divergence is not None) for entry in OBJECTIVES.values())
