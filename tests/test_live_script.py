@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sdpo_interactions.testing.runs import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +47,7 @@ def test_a_real_run_without_its_keys_stops_in_the_script_and_a_bad_variable_is_n
     assert run("-h").stdout.startswith("usage:")
 
 
+@pytest.mark.slow  # three Python processes that import the model stack (about 20 s each on two shared cores)
 def test_the_command_line_refuses_bad_input_in_one_line_before_loading_a_model(tmp_path):
     base = [sys.executable, "-m", "sdpo_interactions.cli.serve_live", "--data_dir", str(tmp_path)]
     environ = {k: v for k, v in subprocess_env().items() if k not in KEYS}
