@@ -169,12 +169,7 @@ class Engine:
 
     def _apply_swaps(self) -> None:
         for action, done in _drain(self.swaps):
-            try:
-                action()
-                done.set_result(None)
-            except Exception as err:  # reported to whoever asked for the swap; serving goes on unchanged
-                logger.exception("Adapter swap failed")
-                done.set_exception(err)
+            carry_out(action, done)
 
     def _slot(self, job: GenerationJob) -> str:
         return job.adapter if job.adapter in self.versions else SHARED
@@ -222,6 +217,17 @@ class Engine:
                              pad_id=self.pad_id, device=self.device)
         return [Completion(tokens, lp, text, reason, slot, self.versions[slot], len(job.prompt_ids))
                 for job, (tokens, text, reason), lp in zip(batch, rows, logps)]
+
+
+def carry_out(action: Callable[[], None], done: Future) -> Future:
+    """Run an adapter swap and report how it went on `done`; a failed swap leaves serving as it was."""
+    try:
+        action()
+        done.set_result(None)
+    except Exception as err:  # reported to whoever asked for the swap; serving goes on unchanged
+        logger.exception("Adapter swap failed")
+        done.set_exception(err)
+    return done
 
 
 def _as_list(value) -> list[int]:

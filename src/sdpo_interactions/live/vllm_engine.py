@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Optional
 
 import httpx
 
-from sdpo_interactions.live.engine import SHARED, Completion, GenerationJob
+from sdpo_interactions.live.engine import SHARED, Completion, GenerationJob, carry_out
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class VllmEngine:
         return self.pool.submit(self._generate, job)
 
     def publish(self, adapter: str, version: int, folder: str) -> Future:
-        return self._done(lambda: self._load(adapter, version, folder))
+        return carry_out(lambda: self._load(adapter, version, folder), Future())
 
     def forget(self, adapter: str) -> Future:
         def drop():
@@ -73,18 +73,7 @@ class VllmEngine:
                 version = self.versions.pop(adapter, None) if adapter != SHARED else None
             if version is not None:
                 self._retire(f"{adapter}-v{version}")
-        return self._done(drop)
-
-    @staticmethod
-    def _done(action: Callable[[], None]) -> Future:
-        done: Future = Future()
-        try:
-            action()
-            done.set_result(None)
-        except Exception as err:  # reported to whoever asked for the swap; serving goes on unchanged
-            logger.exception("vLLM adapter swap failed")
-            done.set_exception(err)
-        return done
+        return carry_out(drop, Future())
 
     def _post(self, path: str, body: dict) -> None:
         reply = self.http.post(f"{self.base_url}/{path}", json=body)
