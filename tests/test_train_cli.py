@@ -162,7 +162,8 @@ def test_resume_last_takes_the_newest_complete_checkpoint(tmp_path):
     for step, complete in ((3, True), (6, True), (12, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / "trainer_state.json").write_text("{}")
+        for name in ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            (folder / name).write_text("{}")
         if complete:
             (folder / "sdpo_run_settings.json").write_text("{}")
     assert resolve_checkpoint("last", str(tmp_path)).endswith("checkpoint-6")  # 12 was cut short

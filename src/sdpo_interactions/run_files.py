@@ -9,10 +9,13 @@ moment loses at most the record being written.
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -65,6 +68,17 @@ class InputError(ValueError):
 
 class MissingInputError(InputError, FileNotFoundError):
     """An input file or folder that does not exist."""
+
+
+class RunError(Exception):
+    """The run cannot go on for a cause outside the code and its inputs (a full disk, a user simulator that stopped
+    answering). The command lines print it as one `error: ...` line, which says what was saved, and exit with 1."""
+
+    exit_code = 1
+
+
+class DiskFullError(RunError, OSError):
+    """A save failed for want of disk space; the message names the folder, the space needed and the space free."""
 
 
 # How many bad lines an error shows; the rest are counted.
@@ -249,38 +263,230 @@ def checkpoint_step(path: Path) -> Optional[int]:
     return int(number) if prefix == "checkpoint" and number.isdigit() and path.is_dir() else None
 
 
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+# What a resume reads besides the run settings. Weights: a full model (one file or shards), a LoRA adapter, or the
+# FSDP and DeepSpeed layouts (checked leniently: that their folder or file is there, not each shard).
+WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+FSDP_WEIGHTS = "pytorch_model_fsdp*"
+DEEPSPEED_STATES = "global_step*"  # DeepSpeed's own folder: its weights, optimizer and (its own) scheduler
+
+
+def _any(folder: Path, *patterns: str) -> bool:
+    return any(next(folder.glob(pattern), None) is not None for pattern in patterns)
+
+
+def rng_state_names(world_size: Optional[int]) -> list[str]:
+    """The RNG files transformers saves: one for a single process, one per rank (`rng_state_<rank>.pth`) else."""
+    if world_size is None or world_size <= 1:
+        return ["rng_state.pth"]
+    return [f"rng_state_{rank}.pth" for rank in range(world_size)]
+
+
+def _saved_with(folder: Path) -> dict:
+    """The checkpoint's run settings, or {} when they are missing or unreadable (then it is incomplete anyway)."""
+    try:
+        return read_run_settings(folder)
+    except (OSError, ValueError):
+        return {}
+
+
+def checkpoint_missing(folder: str | os.PathLike) -> list[str]:
+    """What a resume reads that `folder` lacks, in words ([] for a complete checkpoint).
+
+    Checked: the weights (or the adapter), the optimizer, the scheduler, every rank's RNG state (the number of ranks
+    is in the run settings; without it one file of either form is enough), trainer_state.json and the run settings.
+    DeepSpeed keeps the optimizer (and its own scheduler) in its `global_step*` folder, and FSDP in an
+    `optimizer*` file or folder: there the folder or file is checked, not every shard. A checkpoint saved with
+    `save_only_model` (the run settings say so) lacks the optimizer, scheduler and RNG by design: those are not
+    listed here, and `resolve_checkpoint` refuses to resume from it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ["the folder"]
+    settings = _saved_with(folder)
+    model_only = bool(settings.get("save_only_model"))
+    missing = []
+    if _any(folder, DEEPSPEED_STATES):
+        if not _any(folder, f"{DEEPSPEED_STATES}/*optim_states.pt"):
+            missing.append(f"DeepSpeed optimizer states ({DEEPSPEED_STATES}/*optim_states.pt)")
+    else:
+        if not _any(folder, *WEIGHT_NAMES, FSDP_WEIGHTS):
+            missing.append(f"model weights (one of {', '.join(WEIGHT_NAMES)})")
+        if not model_only and not _any(folder, "optimizer.pt", "optimizer.bin", "optimizer_*"):
+            missing.append("optimizer.pt")
+        if not model_only and not (folder / "scheduler.pt").is_file():
+            missing.append("scheduler.pt")
+    if not model_only:
+        world_size = settings.get("world_size")
+        rng = rng_state_names(world_size)
+        if world_size is None and _any(folder, "rng_state.pth", "rng_state_*.pth"):  # settings of an older run
+            rng = []
+        missing += [name for name in rng if not (folder / name).is_file()]
+    return missing + [name for name in ("trainer_state.json", RUN_SETTINGS_NAME) if not (folder / name).is_file()]
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, folder) of every `checkpoint-N` folder, complete or not, oldest first."""
+    found = [(checkpoint_step(path), path) for path in Path(output_dir).glob("checkpoint-*")]
+    return sorted((step, path) for step, path in found if step is not None)
+
+
+def complete_checkpoints(output_dir: str | os.PathLike, *, for_resume: bool = False) -> list[tuple[int, Path]]:
     """(step, folder) of every `checkpoint-N` saved to the end, oldest first.
 
-    The run settings are the last file a checkpoint gets, so a folder without them (a save cut short by a crash
-    or a kill) is skipped with a warning rather than handed to a resume or an evaluation that would choke on it.
+    The run settings are the last file a checkpoint gets (and the first a rotation deletes), so a folder without
+    them is a save cut short or a deletion under way; it is skipped with a warning. An evaluation needs no more
+    than that (it checks the weights itself). `for_resume` asks for everything a resume reads (`checkpoint_missing`)
+    and leaves out checkpoints saved with `save_only_model`.
     """
     found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        step = checkpoint_step(path)
-        if step is None:
-            continue
-        if (path / RUN_SETTINGS_NAME).is_file() and (path / "trainer_state.json").is_file():
-            found.append((step, path))
+    for step, path in checkpoint_folders(output_dir):
+        if for_resume:
+            missing = checkpoint_missing(path)
+            usable = not missing and not _saved_with(path).get("save_only_model")
         else:
-            logger.warning("Skipping incomplete checkpoint %s", path)
-    return sorted(found)
+            missing = [name for name in (RUN_SETTINGS_NAME, "trainer_state.json") if not (path / name).is_file()]
+            usable = not missing
+        if usable:
+            found.append((step, path))
+        elif missing:
+            logger.warning("Skipping incomplete checkpoint %s (no %s)", path, ", no ".join(missing))
+    return found
 
 
 def latest_complete_checkpoint(output_dir: str | os.PathLike) -> Optional[str]:
-    complete = complete_checkpoints(output_dir)
+    """The newest checkpoint a resume can continue from exactly, or None."""
+    complete = complete_checkpoints(output_dir, for_resume=True)
     return str(complete[-1][1]) if complete else None
 
 
+MODEL_ONLY_HINT = ("it holds the weights but no optimizer, scheduler or RNG state, so a resume cannot continue the "
+                   "run exactly; start a new run from its weights with --model_name_or_path {path}")
+
+
 def resolve_checkpoint(value: Optional[str], output_dir: str) -> Optional[str]:
-    """`last` means the newest complete checkpoint in output_dir; anything else must be an existing folder."""
+    """The checkpoint `--resume_from_checkpoint` names, checked before any model loads: `last` is the newest one a
+    resume can continue from (logged); a named one must hold everything a resume reads, or it is refused with
+    what it lacks. A checkpoint saved with `save_only_model` is refused either way."""
     if value is None:
         return None
+    flag = f"--resume_from_checkpoint {value}"
     if value == "last":
         checkpoint = latest_complete_checkpoint(output_dir)
         if checkpoint is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in {output_dir}")
+            model_only = [path for _, path in complete_checkpoints(output_dir)
+                          if _saved_with(path).get("save_only_model")]
+            if model_only:
+                raise InputError(f"{flag}: {model_only[-1]} was saved with --save_only_model: "
+                                 + MODEL_ONLY_HINT.format(path=model_only[-1]))
+            raise MissingInputError(f"{flag}: no complete checkpoint-* folder in {output_dir}")
+        logger.info("%s: %s is the newest complete checkpoint", flag, checkpoint)
         return checkpoint
     if not os.path.isdir(value):
-        raise FileNotFoundError(f"--resume_from_checkpoint: no such folder: {value}")
+        raise MissingInputError(f"{flag}: no such folder")
+    missing = checkpoint_missing(value)
+    if missing:
+        raise InputError(f"{flag}: an incomplete checkpoint (no {', no '.join(missing)}); resume from a complete "
+                         "one, or `last` for the newest")
+    if _saved_with(Path(value)).get("save_only_model"):
+        raise InputError(f"{flag}: saved with --save_only_model: " + MODEL_ONLY_HINT.format(path=value))
     return value
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unmark_checkpoint(folder: str | os.PathLike) -> None:
+    """Take the completeness mark (the run settings) off a checkpoint, durably, before its files change."""
+    mark = Path(folder) / RUN_SETTINGS_NAME
+    if mark.exists():
+        mark.unlink()
+        _fsync_folder(mark.parent)
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike, keep: int, protect: Optional[str] = None) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints (and `protect`, the best model, as transformers does); delete the
+    others, incomplete ones included. Returns the deleted folders.
+
+    Each deletion takes the mark off first, so a kill halfway leaves a folder that is visibly incomplete, never one
+    that looks complete without its optimizer. Called once the newest checkpoint is marked complete, so at every
+    moment at least one complete checkpoint exists.
+    """
+    complete = [path for _, path in complete_checkpoints(output_dir)]
+    kept = complete[-keep:]
+    best = Path(protect) if protect else None
+    if best in complete and best not in kept:
+        kept = [best] + complete[-max(keep - 1, 1):]
+    deleted = [path for _, path in checkpoint_folders(output_dir) if path not in kept]
+    for path in deleted:
+        logger.info("Deleting older checkpoint %s (save_total_limit %d)", path, keep)
+        unmark_checkpoint(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return deleted
+
+
+# -- disk space ---------------------------------------------------------------------------------------------------
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free space for an unprivileged writer on the file system of `path` (or of its nearest existing parent)."""
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def format_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as `df -H` prints them)."""
+    unit = "bytes"
+    for larger in ("kB", "MB", "GB", "TB"):
+        if n < 1000:
+            break
+        n, unit = n / 1000, larger
+    return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """Whether an exception, or one it came from, says the disk is full (torch's writer says only 'file write
+    failed' or 'unexpected pos', so the free space decides too, in `disk_full_named`)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "StorageFull" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextmanager
+def disk_full_named(folder: str | os.PathLike, needed: int) -> Iterator[None]:
+    """Turn a save that fails for want of space (about `needed` bytes) into a `DiskFullError` naming the folder, the
+    space needed and the space free; any other failure passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        free = free_bytes(folder)
+        if isinstance(err, DiskFullError) or not (_out_of_space(err) or free < needed):
+            raise
+        said = (str(err).splitlines() or [""])[0]
+        raise DiskFullError(f"saving {folder} failed: the disk is full (a checkpoint needs about "
+                            f"{format_bytes(needed)}, {format_bytes(free)} free there; {type(err).__name__}: {said}). "
+                            "The checkpoints saved before are intact; free some space, or lower "
+                            "--save_total_limit, and resume with --resume_from_checkpoint last") from err
+
+
+def warn_if_short_of_space(folder: str | os.PathLike, needed: int, what: str) -> bool:
+    """Log a warning, and return True, when the disk holding `folder` has less than `needed` bytes free."""
+    free = free_bytes(folder)
+    if free >= needed:
+        return False
+    logger.warning("%s: %s free, but %s need about %s; the run will stop when a save fails", folder,
+                   format_bytes(free), what, format_bytes(needed))
+    return True
