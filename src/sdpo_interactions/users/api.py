@@ -19,7 +19,7 @@ from sdpo_interactions.chat_clients import (
     OpenAIChatClient,
     claude_price_per_mtok,
 )
-from sdpo_interactions.users.base import UserSimulator, persona_for, user_messages
+from sdpo_interactions.users.base import UserSimulator, UserSimulatorError, persona_for, user_messages
 from sdpo_interactions.users.registry import DEFAULT_CLAUDE_MODEL
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ class ApiUserSimulator(UserSimulator):
     Requests run concurrently through the client, so a step waits about as long as its slowest requests rather
     than their sum. A request that still fails after the SDK's retries, or comes back empty, yields "" (the
     trainer masks that sample) and counts in `failed_frac`; only when more than `max_failed_frac` of a call fails
-    does it raise, since then the server itself is down or misconfigured.
+    does it raise (`UserSimulatorError`: the trainer saves a checkpoint and stops), since then the server itself is
+    down or misconfigured.
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class ApiUserSimulator(UserSimulator):
                 + (f" (and {len(distinct) - 3} other errors)" if len(distinct) > 3 else "")
             )
             if len(failures) > self.max_failed_frac * len(results):
-                raise RuntimeError(f"{summary}. That is more than max_failed_frac={self.max_failed_frac}.")
+                raise UserSimulatorError(f"{summary}. That is more than max_failed_frac={self.max_failed_frac}.")
             logger.warning("%s. Those samples get no feedback and are masked.", summary)
         return [r.text.strip() for r in results]
 

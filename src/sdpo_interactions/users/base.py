@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from sdpo_interactions.personas import resolve_persona
+from sdpo_interactions.run_files import RunError
 from sdpo_interactions.sampling import Sampling, generate_exactly
 
 logger = logging.getLogger(__name__)
@@ -59,13 +60,19 @@ def persona_for(style: str, persona: Optional[str]) -> tuple[str, str]:
     return resolve_persona(style)
 
 
+class UserSimulatorError(RunError, RuntimeError):
+    """The simulator cannot answer any more (its server is down or refuses): raised by `generate_feedback`, it
+    stops the run, after the trainer has saved a checkpoint of the steps made so far."""
+
+
 class UserSimulator(abc.ABC):
     """Writes the simulated user's next message for each (request, answer) pair.
 
     What a simulator provides to the trainer:
     - `generate_feedback(prompts, completions)`: one reply per pair, in input order (required). An empty string
       means "no usable feedback" (an empty reply, or a request that failed for good): the trainer masks that
-      sample rather than learning from invented feedback.
+      sample rather than learning from invented feedback. A simulator that cannot answer at all raises
+      `UserSimulatorError`: the trainer saves a checkpoint, then stops.
     - `style` and `persona`: the persona's name and text, when the simulator plays one (optional; they are
       recorded in the run settings so that an evaluation can judge with the same user).
     - `pop_metrics()` and `settings()`: metrics since the last call, and a secret-free description (optional).
