@@ -1,8 +1,9 @@
 """What every command line of the project shares: parsing into dataclasses, logging, and a clean exit.
 
 A known input error (`run_files.InputError`, which the library's checks raise) reaches the user as one
-`error: ...` line and exit status 2 (1 for a data file's bad lines), not as a traceback; any other exception keeps
-its traceback, since that one is a bug.
+`error: ...` line and exit status 2 (1 for a data file's bad lines), not as a traceback; so does a run that cannot go
+on for a cause outside the code (`run_files.RunError`: a full disk, a user simulator that stopped answering), with
+status 1. Any other exception keeps its traceback, since that one is a bug.
 """
 
 from __future__ import annotations
@@ -12,20 +13,32 @@ import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
-from sdpo_interactions.run_files import InputError
+from sdpo_interactions.run_files import InputError, RunError, disk_full_named
+
+logger = logging.getLogger(__name__)
 
 
 def train_and_save(trainer, resume: Optional[str]) -> None:
-    """Train, then save the model; a run stopped by a signal (its checkpoint saved) ends with the signal's code."""
+    """Train, then save the model and the trainer state (trainer_state.json: the metrics of every logging step); a
+    run stopped by a signal has saved its checkpoint already, and ends with the signal's code."""
     trainer.train(resume_from_checkpoint=resume)
-    exit_code = trainer.save_final()
-    if exit_code is not None:
-        raise SystemExit(exit_code)
+    stop = trainer.graceful_stop
+    if stop.stopped_at_step is not None:
+        logger.warning("Stopped by a signal at step %d, checkpoint saved; continue with --resume_from_checkpoint "
+                       "last", stop.stopped_at_step)
+        raise SystemExit(stop.exit_code)
+    with disk_full_named(trainer.args.output_dir, trainer.record.checkpoint_size):
+        trainer.save_model(trainer.args.output_dir)
+        trainer.save_state()
+    logger.info("Model: %s; token log: %s", trainer.args.output_dir, trainer.token_log.path)
 
 
 def exit_with_error(err: Exception) -> None:
-    """Print `err` as one `error: ...` line (an InputError listing bad lines adds them below) and exit."""
-    print(f"error: {err}", file=sys.stderr)
+    """Print `err` as one `error: ...` line (an InputError listing bad lines adds them below) and exit. tqdm writes it,
+    so that it starts a line of its own under a progress bar that the error interrupted."""
+    from tqdm import tqdm
+
+    tqdm.write(f"error: {err}", file=sys.stderr)
     raise SystemExit(getattr(err, "exit_code", InputError.exit_code))
 
 
@@ -33,7 +46,7 @@ def exit_with_error(err: Exception) -> None:
 def input_errors_as_one_line() -> Iterator[None]:
     try:
         yield
-    except InputError as err:
+    except (InputError, RunError) as err:
         exit_with_error(err)
 
 

@@ -4,12 +4,14 @@ that mark a complete checkpoint, logging the first and last steps of any run, an
 from __future__ import annotations
 
 import logging
+import os
+import random
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -19,11 +21,37 @@ from sdpo_interactions.run_files import write_run_settings
 logger = logging.getLogger(__name__)
 
 
+def rng_states() -> dict:
+    """The global RNG states transformers saves in a checkpoint (Python, NumPy, torch's CPU and CUDA generators)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.random.set_rng_state(states["cpu"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class GracefulStop(TrainerCallback):
-    """The first SIGTERM or SIGINT ends the run after the current step, with a checkpoint; a second one kills.
+    """The first SIGTERM or SIGINT ends the run after the current step, with a checkpoint; a second one kills at once.
 
     Processes can receive the signal at different steps, so the decision is reduced across them every step:
     all stop at the same step, and none waits forever in a collective the others have left.
+
+    Python runs its signal handlers only when the main thread returns to the interpreter, which a process held in a
+    collective (waiting for a rank that hangs) or in a long save does not do. So a thread watches the signals too
+    (through Python's wakeup fd): the first one is noted and logged at once, and the second ends the process at
+    once, with the shell's code for death by that signal, wherever the main thread is. The handler and the thread
+    each see every signal and count their own, so either alone is enough.
+
+    A run can also have to stop in the middle of a step (the user simulator fails for good). Its checkpoint must
+    hold the RNG states a save at the end of the last step would have stored, so those are kept at every step's
+    end (and after an evaluation there): `restore_rng_at_step_end` puts them back before that save.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -32,20 +60,46 @@ class GracefulStop(TrainerCallback):
         self.accelerator = accelerator
         self.requested: Optional[int] = None
         self.stopped_at_step: Optional[int] = None
+        self.rng_at_step_end: Optional[dict] = None
         self._previous: dict = {}
+        self._previous_wakeup_fd = -1
+        self._wakeup_write_fd: Optional[int] = None
+        self._seen = {"handler": 0, "watcher": 0}
+        self._lock = threading.RLock()  # reentrant: a signal can interrupt the main thread inside `_received`
+
+    def _received(self, signum: int, seen_by: str) -> None:
+        with self._lock:
+            self._seen[seen_by] += 1
+            if self._seen[seen_by] > 1:
+                os.write(2, f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint\n".encode())
+                os._exit(128 + signum)
+            first = self.requested is None
+            if first:
+                self.requested = signum
+        if first:
+            logger.warning("%s received: stopping after this step with a checkpoint (send it again to kill)",
+                           signal.Signals(signum).name)
 
     def _handle(self, signum, frame):
-        if self.requested is not None:
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-            signal.raise_signal(signum)
-            return
-        self.requested = signum
-        logger.warning("%s received: stopping after this step with a checkpoint (send it again to kill)",
-                       signal.Signals(signum).name)
+        self._received(signum, "handler")
+
+    def _watch(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as signals:
+            while received := signals.read(64):  # empty once `release` closes the pipe
+                for signum in received:
+                    if signum in self.SIGNALS:
+                        self._received(signum, "watcher")
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._seen = {"handler": 0, "watcher": 0}
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self._wakeup_write_fd = write_fd
+        threading.Thread(target=self._watch, args=(read_fd,), name="graceful-stop", daemon=True).start()
 
     def on_step_end(self, args, state, control, **kwargs):
         flag = torch.tensor(float(self.requested is not None), device=self.accelerator.device)
@@ -53,6 +107,14 @@ class GracefulStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at_step = state.global_step
+        self.rng_at_step_end = rng_states()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.rng_at_step_end = rng_states()  # an evaluation at the step's end comes before its save, and samples
+
+    def restore_rng_at_step_end(self) -> None:
+        if self.rng_at_step_end is not None:
+            restore_rng_states(self.rng_at_step_end)
 
     @property
     def exit_code(self) -> int:
@@ -60,24 +122,30 @@ class GracefulStop(TrainerCallback):
         return 128 + (self.requested or signal.SIGTERM)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.release()
+
+    def release(self) -> None:
+        """Give the signals back (also when training ends with an error, which skips `on_train_end`)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        if self._wakeup_write_fd is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            os.close(self._wakeup_write_fd)
+            self._wakeup_write_fd = None
 
 
 class RunSettingsWriter(TrainerCallback):
-    """Writes the run settings into every checkpoint, as its last file: their presence marks a complete save.
-
-    Trainer calls `on_save` right after `_save_checkpoint`, so model, optimizer and trainer state are on disk first.
-    """
+    """Writes the run settings at the top of the output folder when training ends, so that they describe the run as
+    it finished (its global step, its interactions). Each checkpoint gets its own copy, the mark of a complete
+    save, from `RunRecord.save_checkpoint`, which rewrites the top-level copy too."""
 
     def __init__(self, settings: Callable[[], dict]):
         self.settings = settings
 
-    def on_save(self, args, state, control, **kwargs):
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if args.should_save and checkpoint.is_dir():
-            write_run_settings(checkpoint, self.settings())
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_run_settings(args.output_dir, self.settings())
 
 
 class LogFirstAndLastStep(TrainerCallback):

@@ -18,6 +18,7 @@ import abc
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -51,12 +52,19 @@ from sdpo_interactions.core.teacher import build_teacher, parameter_sharding
 from sdpo_interactions.core.teacher_sync import TeacherSync
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME, TokenLog, token_records
 from sdpo_interactions.prompts import last_user_text
-from sdpo_interactions.run_files import latest_complete_checkpoint
+from sdpo_interactions.run_files import rotate_checkpoints
 from sdpo_interactions.sampling import Sampling, model_defaults_ignored
-from sdpo_interactions.users.base import UserSimulator
+from sdpo_interactions.users.base import UserSimulator, UserSimulatorError
 from sdpo_interactions.users.style_schedule import StyleSchedule
 
 logger = logging.getLogger(__name__)
+
+# The config fields the run settings record: what an evaluation reads back, and whether a resume can be exact.
+RECORDED_ARGS = ("hindsight_template", "chat_template_kwargs", "advantage_baseline", "distillation_mode",
+                 "teacher_model_kind", "signal_clip", "ignore_first_tokens", "loss_type", "num_generations",
+                 "max_prompt_length", "max_completion_length", "temperature", "save_only_model",
+                 "distillation_topk", "distillation_add_tail", "distillation_alpha", "distillation_is_clip",
+                 "teacher_update_rate", "teacher_sync_steps")
 
 
 class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
@@ -126,7 +134,8 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
         return None
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        messages, answers, feedback, seconds = self._answers_and_feedback(inputs)
+        with self.record.user_failure_shared():
+            messages, answers, feedback, seconds = self._answers_and_feedback(inputs)
         batch = self._score_with_feedback(inputs, messages, answers, feedback, seconds)
         return batch.to_trl()
 
@@ -287,33 +296,30 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
     # -- run files, resume, the end of a run -------------------------------------------------------------------
 
     def sdpo_settings(self) -> dict:
-        """What an evaluation needs to reproduce this run's prompts, sampling and user; contains no secret."""
+        """What an evaluation needs to reproduce this run's prompts, sampling and user, and what a resume checks a
+        checkpoint against (save_only_model; world_size, whose RNG files it holds); contains no secret."""
         return {
             **self.feedback_source_settings(),
             **self.run_settings,
             "model_name_or_path": self.model.config._name_or_path,
-            **{name: getattr(self.args, name) for name in (
-                "hindsight_template", "chat_template_kwargs", "advantage_baseline", "distillation_mode",
-                "teacher_model_kind", "signal_clip", "ignore_first_tokens", "distillation_topk",
-                "distillation_add_tail", "distillation_alpha", "distillation_is_clip", "teacher_update_rate",
-                "teacher_sync_steps")},
-            "loss_type": self.loss_type,
-            "num_generations": self.num_generations,
-            "max_prompt_length": self.max_prompt_length,
-            "max_completion_length": self.max_completion_length,
-            "temperature": self.temperature,
+            **{name: getattr(self.args, name) for name in RECORDED_ARGS},
+            "world_size": self.accelerator.num_processes,
             "interactions": dict(self.record.interactions),
             "global_step": self.state.global_step,
         }
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No checkpoint found in {self.args.output_dir} to resume from")
-        self.record.start(resume_from_checkpoint)
-        self.teacher_sync.restore(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        """With the run record around it: the resume's checks and trims, a checkpoint first when the user fails."""
+        resume = self.record.start(resume_from_checkpoint, self.model, self.args, self.train_dataset)
+        self.teacher_sync.restore(resume)
+        try:
+            return super().train(resume_from_checkpoint=resume, **kwargs)
+        except UserSimulatorError:
+            self.graceful_stop.restore_rng_at_step_end()
+            self.record.save_before_abort(self.state.global_step, partial(self._save_checkpoint, self.model, None))
+            raise
+        finally:
+            self.graceful_stop.release()
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
         """The policy's weights, and beside them a teacher's own (EMA), which a resume from a checkpoint needs."""
@@ -321,18 +327,15 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
         if self.args.should_save:
             self.teacher_sync.save(output_dir or self.args.output_dir)
 
-    def save_final(self) -> Optional[int]:
-        """After `train`: save the model and trainer state, or, if a signal stopped the run (its checkpoint is saved
-        already), return the exit code the process should end with."""
-        stop = self.graceful_stop
-        if stop.stopped_at_step is not None:
-            logger.warning("Stopped by a signal at step %d, checkpoint saved; continue with --resume_from_checkpoint "
-                           "last", stop.stopped_at_step)
-            return stop.exit_code
-        self.save_model(self.args.output_dir)
-        self.save_state()  # trainer_state.json: the metrics of every logging step
-        logger.info("Model: %s; token log: %s", self.args.output_dir, self.token_log.path)
-        return None
+    def _save_checkpoint(self, model, trial):
+        """transformers' save, then the completeness mark, then the rotation (RunRecord.save_checkpoint's order)."""
+        self.record.save_checkpoint(partial(super()._save_checkpoint, model, trial), self._get_output_dir(trial=trial),
+                                    self.state.global_step, self._rotate_checkpoints)
+
+    def _rotate_checkpoints(self, use_mtime=False, output_dir=None) -> None:
+        """Not inside transformers' save, which calls it before the new checkpoint is marked complete."""
+        if not self.record.saving and (self.args.save_total_limit or 0) > 0:
+            rotate_checkpoints(output_dir, self.args.save_total_limit, protect=self.state.best_model_checkpoint)
 
     def score_signal(self, prompts: list[list[dict[str, str]]], completions: list[str], feedbacks: list[str]
                      ) -> list[dict]:
