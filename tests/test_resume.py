@@ -63,6 +63,7 @@ def runs(model_dir, tmp_path_factory):
         "latest": latest_complete_checkpoint(base / "run"),
         "checkpoints": sorted(p.name for p in (base / "run").glob("checkpoint-*")),
         "token_log": read_jsonl(base / "run" / TOKEN_LOG_NAME),
+        "settings": json.loads((base / "run" / RUN_SETTINGS_NAME).read_text()),
     }
     # A later save cut short by a kill: a folder with some of a checkpoint's files. `last` must pass over it.
     partial = base / "run" / f"checkpoint-{MAX_STEPS + 5}"
@@ -92,6 +93,9 @@ def test_sigterm_ends_the_run_after_the_step_with_a_complete_checkpoint(runs):
     assert CHECKPOINT_FILES <= {p.name for p in checkpoint.iterdir()}
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == STOP_AFTER
     assert sorted({r["step"] for r in after["token_log"]}) == list(range(STOP_AFTER))
+    # The run folder's own settings say where the run stopped (they said step 0, no interactions: issue 22).
+    assert after["settings"]["global_step"] == STOP_AFTER
+    assert after["settings"]["interactions"]["answers"] == 2 * STOP_AFTER
 
 
 def test_resume_continues_from_the_newest_complete_checkpoint(runs):
@@ -100,6 +104,8 @@ def test_resume_continues_from_the_newest_complete_checkpoint(runs):
     assert call["call"] == 0
     state = json.loads((base / "run" / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS
+    settings = json.loads((base / "run" / RUN_SETTINGS_NAME).read_text())  # after the resume, the finished run's
+    assert settings["global_step"] == MAX_STEPS and settings["interactions"]["answers"] == 2 * MAX_STEPS
     logged_steps = [e["step"] for e in state["log_history"] if "grad_norm" in e]
     assert logged_steps == list(range(1, MAX_STEPS + 1))
     straight = json.loads((base / "straight" / "trainer_state.json").read_text())
