@@ -9,6 +9,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sdpo_interactions import OnlineSDPOConfig, OnlineSDPOTrainer, UserSimulator
 from sdpo_interactions.core.callbacks import step_summary
+from sdpo_interactions.precision import METRIC_NAME, UpdatePrecisionCallback
 from sdpo_interactions.prompts import prompt_messages
 
 CHECKPOINT_ALARM = "None of the inputs have requires_grad=True"
@@ -53,6 +54,9 @@ def test_a_short_run_logs_its_first_and_last_step_and_checkpointing_raises_no_al
     assert all(entry["grad_norm"] > 0 for entry in trainer.state.log_history if "loss" in entry)
     assert trainer.args.gradient_checkpointing_kwargs == {"use_reentrant": False}
     assert not [m for m in caught if CHECKPOINT_ALARM in m]
+    # The precision check and its metric come with every SDPO trainer (issue 20), first in the callback line.
+    assert isinstance(trainer.callback_handler.callbacks[0], UpdatePrecisionCallback)
+    assert all(METRIC_NAME in entry for entry in trainer.state.log_history if "loss" in entry)
 
 
 def test_the_alarm_came_from_reentrant_checkpointing_in_the_no_grad_teacher_pass(tiny_model, tmp_path):

@@ -51,6 +51,7 @@ from sdpo_interactions.core.specificity import SpecificityWatch
 from sdpo_interactions.core.teacher import build_teacher, parameter_sharding
 from sdpo_interactions.core.teacher_sync import TeacherSync
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME, TokenLog, token_records
+from sdpo_interactions.precision import install_precision
 from sdpo_interactions.prompts import last_user_text
 from sdpo_interactions.run_files import rotate_checkpoints
 from sdpo_interactions.sampling import Sampling, model_defaults_ignored
@@ -107,6 +108,7 @@ class SDPOTrainerCore(GRPOTrainer, metaclass=abc.ABCMeta):
             self.add_callback(callback)
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(StepSummaryProgress())
+        install_precision(self)  # the optimizer the recipes ask for, the bf16 update check and its metric
 
     @property
     def tokenizer(self):
