@@ -1,6 +1,7 @@
 """The boundaries docs/architecture.md promises: the library never imports its command lines, data preparation and
-the API clients load without the model stack, the package installs and imports from anywhere, and no function or
-class grows past the project's ceilings."""
+the API clients load without the model stack, and no function or class grows past the project's ceilings. That the
+package installs and imports from anywhere, and that the trainers and a local user load without the Claude SDK and
+the API client layer, is checked in test_install.py, in the one fresh process that imports the trainers."""
 
 import ast
 import subprocess
@@ -56,12 +57,6 @@ def test_data_preparation_and_run_files_load_without_torch():
     loaded = imports_in_fresh_process("import sdpo_interactions.cli.prepare_data, sdpo_interactions.run_files, "
                                       "sdpo_interactions.conversations, sdpo_interactions.personas")
     assert "torch" not in loaded and "transformers" not in loaded
-
-
-def test_the_trainers_and_a_local_user_load_without_the_api_sdks():
-    loaded = imports_in_fresh_process("from sdpo_interactions import OnlineSDPOTrainer, OfflineSDPOTrainer, "
-                                      "StyleUserSimulator")
-    assert "anthropic" not in loaded and "sdpo_interactions.chat_clients" not in loaded
 
 
 def test_no_top_level_module_shadows_a_known_package():

@@ -53,6 +53,7 @@ def assert_one_error_line(proc, status, message):
     assert re.search(message, lines[-1]), lines[-1]
 
 
+@pytest.mark.slow  # a process that loads the training stack (about 10 s of CPU)
 def test_train_reports_a_trl_flag_error_as_one_line(tmp_path):
     """A ValueError from a dataclass's __post_init__ (here TRL's ModelConfig) is the user's input, not a bug."""
     data = write_lines(tmp_path / "t.jsonl", [{"prompt": "p"}])
@@ -61,6 +62,7 @@ def test_train_reports_a_trl_flag_error_as_one_line(tmp_path):
     assert_one_error_line(proc, 2, r"^error: You can't use 8 bit and 4 bit precision at the same time$")
 
 
+@pytest.mark.slow  # a process that loads the training stack (about 10 s of CPU)
 def test_train_offline_refuses_an_output_dir_that_is_a_file_before_loading(tmp_path, model_dir):
     taken = tmp_path / "taken"
     taken.write_text("not a folder")
@@ -69,6 +71,7 @@ def test_train_offline_refuses_an_output_dir_that_is_a_file_before_loading(tmp_p
     assert_one_error_line(proc, 2, rf"^error: --output_dir {re.escape(str(taken))}: .* is a file, not a folder$")
 
 
+@pytest.mark.slow  # a process that loads the training stack (about 10 s of CPU)
 def test_evaluate_reports_a_missing_run_folder_as_one_line(tmp_path):
     proc = run_entry("evaluate_run.py", "--run_dir", tmp_path / "no-run", "--data_path", SAMPLE, cwd=tmp_path)
     assert_one_error_line(proc, 2, r"^error: --run_dir: no such folder: .*no-run$")

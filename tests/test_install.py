@@ -21,13 +21,15 @@ from sdpo_interactions import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 # The import the issue asks for, and what it must bring along: the version string, the built-in personas (package
-# data), and the files each name came from.
+# data), the files each name came from, and which API modules came with it (none should).
 IMPORT_CHECK = """
-import json, sdpo_interactions
+import json, sys, sdpo_interactions
 from sdpo_interactions import OnlineSDPOTrainer, OnlineSDPOConfig, OfflineSDPOTrainer, UserSimulator
+from sdpo_interactions import StyleUserSimulator
 from sdpo_interactions.personas import STYLE_PERSONAS
 import sdpo_interactions.personas as personas
 print(json.dumps({
+    "api_modules": sorted(m for m in ("anthropic", "sdpo_interactions.chat_clients") if m in sys.modules),
     "version": sdpo_interactions.__version__,
     "package": sdpo_interactions.__file__,
     "modules": [__import__(c.__module__, fromlist=["_"]).__file__
@@ -53,6 +55,9 @@ def check_import(python, site: Path, cwd: Path, env: dict) -> dict:
     assert (Path(report["package"]).parent / "personas.yaml").is_file()
     assert report["version"] == __version__ and report["version"]
     assert "concise_casual_beginner" in report["styles"] and len(report["styles"]) >= 5
+    # An architecture boundary (docs/architecture.md), checked in this fresh process that loads the trainers: the
+    # trainers and a local user load without the Claude SDK and the API client layer.
+    assert report["api_modules"] == []
     return report
 
 
