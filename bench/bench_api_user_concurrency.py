@@ -11,7 +11,6 @@ ceil(64 / c) x 0.3 s. Both users run on the same client layer, so both should sh
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 

@@ -21,7 +21,6 @@ import json
 import logging
 import re
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass

@@ -11,7 +11,6 @@ simulation cost. Prints seconds per step and samples per second for both.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -11,10 +11,8 @@ the largest logits tensor would weigh in float32 with Qwen3's 151,936-token voca
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from datasets import Dataset

@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -328,17 +328,24 @@ def schedule_lines(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return describe(schedule, args.samples_name), warnings_for(schedule, args.samples_name)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Print the schedule (stdout) and any warning (stderr); a bad setting is one `error:` line and status 2."""
+def print_report(report: Callable[[], tuple[list[str], list[str]]], errors: tuple[type, ...] = (ScheduleError,)
+                 ) -> int:
+    """Print what `report()` returns, lines to stdout and warnings to stderr; one of `errors` is one `error:` line
+    and status 2. The scripts' printouts (this schedule, the persona schedule) share it."""
     try:
-        lines, warnings = schedule_lines(parse_command_line(sys.argv[1:] if argv is None else argv))
-    except ScheduleError as err:
+        lines, warnings = report()
+    except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Print the schedule (stdout) and any warning (stderr); a bad setting is one `error:` line and status 2."""
+    return print_report(lambda: schedule_lines(parse_command_line(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

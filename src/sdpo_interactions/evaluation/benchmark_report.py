@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from sdpo_interactions.evaluation.benchmarks import BENCHMARKS
+from sdpo_interactions.evaluation.report import write_png
 from sdpo_interactions.run_files import write_atomic
 
 TABLE_NAME = "benchmarks"
@@ -121,12 +122,7 @@ def plot_benchmarks(rows: list[dict], benchmarks: list[str], path: Path) -> None
     ax.set_title("benchmarks along the run", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    png = io.BytesIO()
-    try:
-        fig.savefig(png, format="png")
-    finally:
-        plt.close(fig)
-    write_atomic(path, png.getvalue())
+    write_png(fig, path)
 
 
 def write_benchmark_reports(results: list[dict], labels: list[str], benchmarks: list[str], out_dir: Path) -> str:

@@ -23,7 +23,7 @@ from typing import Optional
 
 from sdpo_interactions.personas import persona_catalogue, resolve_style
 from sdpo_interactions.run_files import InputError
-from sdpo_interactions.schedule import ScheduleError, generation_batch
+from sdpo_interactions.schedule import ScheduleError, generation_batch, print_report
 
 FLAG = "--style_schedule"
 
@@ -268,15 +268,7 @@ def schedule_lines(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Print the phases and switch points (stdout) and any warning (stderr); a bad schedule is one `error:` line
     and status 2."""
-    try:
-        lines, warnings = schedule_lines(sys.argv[1:] if argv is None else argv)
-    except (ScheduleError, InputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(lines))
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    return 0
+    return print_report(lambda: schedule_lines(sys.argv[1:] if argv is None else argv), (ScheduleError, InputError))
 
 
 if __name__ == "__main__":
