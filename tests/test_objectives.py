@@ -439,6 +439,14 @@ def test_models_the_logit_modes_cannot_project_are_refused_at_start(tiny_model, 
         make_trainer(tiny_model, tmp_path / "b", peft=head_lora, distillation_mode="topk_logits")
 
 
+def test_the_start_up_check_is_not_fooled_by_dropout(tiny_model, tmp_path):
+    # B random rather than zero, so that the adapter's dropout changes the logits from one pass to the next
+    dropout = LoraConfig(r=4, lora_dropout=0.5, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                         init_lora_weights=False)
+    trainer = make_trainer(tiny_model, tmp_path, peft=dropout, distillation_mode="full_logits")
+    assert trainer.model.training  # and left as it was
+
+
 def test_sharded_parameters_refuse_the_copying_teachers():
     from types import SimpleNamespace
 

@@ -75,13 +75,17 @@ def check_output_head(model: torch.nn.Module, head: OutputHead, unwrap: Callable
     bare = unwrap(model)
     ids = torch.arange(1, 5, device=bare.get_output_embeddings().weight.device).unsqueeze(0)
     params = dict(bare.named_parameters())
-    with torch.no_grad():
-        try:
+    training = model.training
+    model.eval()  # no dropout (LoRA's, say) between the two passes compared
+    try:
+        with torch.no_grad():
             hidden = final_hidden_states(model, ids, torch.ones_like(ids))
-        except TypeError as err:
-            raise ValueError(f"the logit modes need a model whose forward takes logits_to_keep: {err}") from None
-        expected = model(input_ids=ids, use_cache=False).logits.float()
-        projected = head.logits(hidden, params[head.weight], params.get(head.bias))
+            expected = model(input_ids=ids, use_cache=False).logits.float()
+            projected = head.logits(hidden, params[head.weight], params.get(head.bias))
+    except TypeError as err:
+        raise ValueError(f"the logit modes need a model whose forward takes logits_to_keep: {err}") from None
+    finally:
+        model.train(training)
     if not torch.allclose(projected, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item()):
         raise ValueError(f"{type(bare).__name__} changes its logits after the output layer in a way the logit modes "
                          "do not reproduce: use distillation_mode=sampled_token")
