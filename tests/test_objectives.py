@@ -496,6 +496,8 @@ def offline_run(model, output_dir, nproc, extra):
     assert proc.returncode == 0, proc.stderr[-4000:]
     history = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     files = {p.name: load_file(p) for p in sorted((output_dir / "checkpoint-2").glob("*.safetensors"))}
+    if (output_dir / "checkpoint-2" / TEACHER_STATE_NAME).is_file():
+        files[TEACHER_STATE_NAME] = load_file(output_dir / "checkpoint-2" / TEACHER_STATE_NAME)
     return [e for e in history if "grad_norm" in e], files
 
 

@@ -13,7 +13,9 @@ from transformers import TrainerCallback
 
 from sdpo_interactions.core.teacher import Teacher
 
-TEACHER_STATE_NAME = "sdpo_teacher.safetensors"
+# In a folder of its own: loaders that take every *.safetensors file of a model folder as its weights (vLLM, for a
+# model saved as one file) must not read the teacher's copy as the policy's.
+TEACHER_STATE_NAME = "sdpo_teacher/state.safetensors"
 
 
 class TeacherSync(TrainerCallback):
@@ -37,6 +39,7 @@ class TeacherSync(TrainerCallback):
         if not state:
             return
         path = Path(folder) / TEACHER_STATE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.tmp")
         save_file({name: value.detach().contiguous() for name, value in state.items()}, str(partial))
         os.replace(partial, path)
