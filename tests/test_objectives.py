@@ -534,3 +534,25 @@ def test_two_processes_train_under_lora_with_an_ema_adapter(tiny_model, tmp_path
     assert len(teacher) == len(adapter) and all("lora_" in name for name in teacher)
     moved = [name for name in teacher if "lora_B" in name and teacher[name].abs().max() > 0]
     assert moved  # B starts at zero: a nonzero teacher B is the student's B averaged in
+
+
+def test_a_logit_modes_token_log_is_drawn_by_its_divergence(tiny_model, tmp_path):
+    import html
+
+    from sdpo_interactions.cli import visualize_signal
+
+    make_trainer(tiny_model, tmp_path / "run", max_steps=1, distillation_mode="topk_logits").train()
+    token_log = str(tmp_path / "run" / TOKEN_LOG_NAME)
+    records = visualize_signal.read_token_log(token_log)
+    scale = visualize_signal.colour_scale(records)
+    assert scale.one_sided and scale.label == records[0]["value_label"] == value_label(
+        "topk_logits", ObjectiveSettings(**{**SETTINGS.__dict__, "distillation_topk": 5}))
+    assert scale.vmax == pytest.approx(max(max(r["value"]) for r in records))
+    assert scale.colour(0.0) == visualize_signal.NEUTRAL and scale.colour(scale.vmax) == visualize_signal.DIVERGENCE
+    visualize_signal.main(["log", "--token_log", token_log, "--output_dir", str(tmp_path / "signal")])
+    page = (tmp_path / "signal" / "signal.html").read_text()
+    assert html.escape(scale.label) in page and "coloured by divergence" in page
+    assert (tmp_path / "signal" / "signal.png").stat().st_size > 0
+    mixed = [records[0], {**records[0], "value_label": "forward KL(teacher ‖ student) over the whole vocabulary"}]
+    with pytest.raises(ValueError, match="optimised different values"):
+        visualize_signal.colour_scale(mixed)

@@ -28,6 +28,7 @@ REQUESTS = ALL_REQUESTS[:4]  # none of them is the one the naming user is silent
 RECORD_FIELDS = {
     "step", "prompt", "completion", "feedback", "style", "student_context", "teacher_context",
     "completion_ids", "tokens", "logp_student", "logp_teacher", "signal", "stranger_feedback", "signal_unrelated",
+    "distillation_mode", "value_label", "value",
 }
 
 
