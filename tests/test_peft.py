@@ -89,7 +89,7 @@ def test_adapter_checkpoints_are_evaluated_and_plotted_like_full_ones(adapter_ru
     out = tmp_path / "eval"
     rows = evaluate.evaluate(EvalArguments(
         run_dir=str(adapter_run), data_path=str(held_out), eval_n=1, baseline=tiny_model_dir, judge="local",
-        judge_model=tiny_model_dir, judge_max_new_tokens=2, output_dir=str(out)))
+        judge_model=tiny_model_dir, judge_max_new_tokens=2, output_dir=str(out), oracle=False))
     assert [row["step"] for row in rows] == [1, 2]
     assert (out / "win_rate.png").stat().st_size > 0 and (out / "win_rates.md").is_file()
     policies = {json.loads(line)["checkpoint"] for line in (out / "judgments.jsonl").read_text().splitlines()}
