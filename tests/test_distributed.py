@@ -17,6 +17,9 @@ from sdpo_interactions.testing.runs import REQUESTS, SILENT_WORD, drop_weights, 
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 
+# Real train.py processes (torchrun, SIGTERM, resume): the second tier.
+pytestmark = pytest.mark.slow
+
 STEPS = 2  # the two-process run is stopped by SIGTERM after this step
 SAMPLES_PER_STEP = 4
 # Per-rank micro-batches have other shapes and other left padding than the one-process ones, so float32 matmuls

@@ -523,7 +523,6 @@ CONVERSATIONS = [
 
 def conversation_prompts(system_prompt):
     """What the two conversations above give: each user turn with everything before it."""
-    (egg,), (colour,) = CONVERSATIONS[0]["messages"][:1], CONVERSATIONS[1]["messages"][:1]
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     first, answer, follow_up = ({"role": m["role"], "content": m["content"]} for m in CONVERSATIONS[0]["messages"][:3])
     return [system + [first], system + [first, answer, follow_up],

@@ -201,7 +201,7 @@ def test_an_output_dir_on_a_read_only_file_system_is_refused(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     code = f"from sdpo_interactions.run_files import check_output_dir; check_output_dir({str(folder / 'run')!r})"
-    proc = subprocess.run([unshare, "-rm", "sh", "-c", f'mount -t tmpfs -o ro tmpfs "$1" && exec "$2" -c "$3"', "sh",
+    proc = subprocess.run([unshare, "-rm", "sh", "-c", 'mount -t tmpfs -o ro tmpfs "$1" && exec "$2" -c "$3"', "sh",
                            str(folder), sys.executable, code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"InputError: --output_dir {folder / 'run'}: cannot write in {folder} (Read-only file system)" in proc.stderr

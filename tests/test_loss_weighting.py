@@ -1,12 +1,12 @@
 """Every loss type and every objective (distillation_mode) gives a step the same gradient however the step is split
 into micro-batches, and answers the user did not reply to neither contribute nor dilute the others. Checked through
-transformers' own `training_step` (which divides each micro-batch loss by the gradient-accumulation steps) on the
-embedded model."""
+transformers' own `training_step` (which divides each micro-batch loss by the gradient-accumulation steps) on a
+tiny random model: the weighting is arithmetic, which any model exercises."""
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 from trl.trainer.utils import split_tensor_dict
 
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages
@@ -34,6 +34,7 @@ def make_trainer(model_dir, output_dir, loss_type, batch_size, accumulation, mod
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
         max_completion_length=10, loss_type=loss_type, report_to=[], bf16=False, seed=3, token_log_samples=0,
         distillation_mode=mode, distillation_topk=8,
+        generation_kwargs={"min_new_tokens": 10},  # full-length answers, cut below to lengths of our choosing
     )
     data = Dataset.from_list([{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS])
     trainer = OnlineSDPOTrainer(
@@ -47,7 +48,7 @@ def make_trainer(model_dir, output_dir, loss_type, batch_size, accumulation, mod
 
 
 @pytest.fixture(scope="module")
-def trainer_for(model_dir, tmp_path_factory):
+def trainer_for(tiny_model_dir, tmp_path_factory):
     """One trainer per (loss type, batch size, accumulation, mode), loaded once: a gradient computation leaves no
     trace."""
     made = {}
@@ -55,7 +56,7 @@ def trainer_for(model_dir, tmp_path_factory):
     def get(loss_type, batch_size, accumulation, mode="sampled_token"):
         key = (loss_type, batch_size, accumulation, mode)
         if key not in made:
-            made[key] = make_trainer(model_dir, tmp_path_factory.mktemp("run"), *key)
+            made[key] = make_trainer(tiny_model_dir, tmp_path_factory.mktemp("run"), *key)
         return made[key]
 
     return get
@@ -106,30 +107,15 @@ def test_gradient_does_not_depend_on_the_micro_batch_split(trainer_for, generati
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(model_dir, tmp_path_factory) -> str:
-    """A one-layer random Llama on the embedded tokenizer: the logit modes' plumbing without 135M parameters."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.mark.parametrize("mode", ["topk_logits", "full_logits"])
-def test_the_logit_modes_gradient_does_not_depend_on_the_micro_batch_split(tiny_model, tmp_path, mode):
+def test_the_logit_modes_gradient_does_not_depend_on_the_micro_batch_split(tiny_model_dir, tmp_path, mode):
     """The logit modes score the teacher in the loss, from the hindsight contexts the batch carries (B, C), which
     TRL's shuffle and split must keep with their answers."""
-    whole_trainer = make_trainer(tiny_model, tmp_path / "whole", "grpo", 4, 1, mode)
+    whole_trainer = make_trainer(tiny_model_dir, tmp_path / "whole", "grpo", 4, 1, mode)
     batch = generate(whole_trainer)
     assert batch["teacher_logps"] is None and batch["teacher_ids"].size(0) == 4
     whole = step_gradient(whole_trainer, batch, 1)
-    split = step_gradient(make_trainer(tiny_model, tmp_path / "split", "grpo", 2, 2, mode), batch, 2)
+    split = step_gradient(make_trainer(tiny_model_dir, tmp_path / "split", "grpo", 2, 2, mode), batch, 2)
     scale = max(g.abs().max().item() for g in whole.values())
     assert scale > 0 and whole.keys() == split.keys()
     for name in whole:

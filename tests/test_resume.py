@@ -26,6 +26,9 @@ from sdpo_interactions.testing.runs import SECRETS, drop_weights, finish, read_j
 from sdpo_interactions.run_files import RUN_SETTINGS_NAME, latest_complete_checkpoint
 from sdpo_interactions.core.token_log import TOKEN_LOG_NAME
 
+# Real train.py processes (torchrun, SIGTERM, resume): the second tier.
+pytestmark = pytest.mark.slow
+
 MAX_STEPS = 5
 STOP_AFTER = 4  # the signal arrives during this step; the run ends after it with a checkpoint
 TRAIN = ["--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", "2",

@@ -150,8 +150,9 @@ def pins(path) -> dict[str, str]:
 
 
 def test_the_vllm_environment_differs_from_the_pins_only_by_vllm_and_its_torch():
-    """TRL 0.24 supports exactly vllm 0.10.2, which needs torch 2.8.0; everything else must stay the contract."""
+    """TRL 0.24 supports exactly vllm 0.10.2, which needs torch 2.8.0, and torchao 0.13 is the release built for
+    torch 2.8 (the recipes' optimizer); everything else must stay the contract."""
     vllm, main = pins("requirements-vllm.txt"), pins("requirements.txt")
-    assert (vllm.pop("vllm"), vllm.pop("torch")) == ("0.10.2", "2.8.0")
-    main.pop("torch")
+    assert (vllm.pop("vllm"), vllm.pop("torch"), vllm.pop("torchao")) == ("0.10.2", "2.8.0", "0.13.0")
+    main.pop("torch"), main.pop("torchao")
     assert vllm == main

@@ -13,8 +13,9 @@ Colours: blue where the follow-up made the token more likely (signal = teacher -
 where it made it less likely, white at 0, on a scale symmetric around 0 whose limit is max |signal| shown (or
 --vmax). A run trained with a logit mode (distillation_mode topk_logits or full_logits) records per token the
 divergence it optimised; its tokens are drawn by that value instead, from white at 0 to purple, and the colour scale
-is labelled with what the divergence is (the record's `value_label`). Cases mode scores through `OnlineSDPOTrainer.score_signal`, the trainer's own hindsight-context and
-log-prob code, so what you see is what training would use.
+is labelled with what the divergence is (the record's `value_label`). Cases mode scores through
+`OnlineSDPOTrainer.score_signal`, the trainer's own hindsight-context and log-prob code, so what you see is what
+training would use.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 from trl import GRPOConfig
 
-from sdpo_interactions.core.hindsight import DEFAULT_HINDSIGHT_TEMPLATE
+from sdpo_interactions.core.hindsight import DEFAULT_HINDSIGHT_TEMPLATE, template_problems
 from sdpo_interactions.core.maths import ADVANTAGE_BASELINES, LOSS_TYPES
 from sdpo_interactions.core.objectives import LOGIT_MODES, OBJECTIVES
 from sdpo_interactions.core.teacher import TEACHERS
@@ -192,7 +192,7 @@ class OnlineSDPOConfig(GRPOConfig):
 
     def _sdpo_problems(self) -> list[str]:
         """Every problem with the SDPO fields, so that one run reports all of them."""
-        problems = [*self._template_problems(), *self._choice_problems()]
+        problems = [*template_problems(self.hindsight_template), *self._choice_problems()]
         if self.num_generations is None or self.num_generations < 1:
             problems.append(f"num_generations must be >= 1, got {self.num_generations}")
         elif self.advantage_baseline == "leave_one_out" and self.num_generations < 2:
@@ -234,15 +234,6 @@ class OnlineSDPOConfig(GRPOConfig):
                 problems.append(f"advantage_baseline=leave_one_out needs sampled_token; {self.distillation_mode} "
                                 "has no advantage to centre")
         return problems
-
-    def _template_problems(self) -> list[str]:
-        try:
-            self.hindsight_template.format(feedback="")
-        except (KeyError, IndexError, ValueError) as err:
-            return [f"hindsight_template may contain only the placeholder {{feedback}} (double other braces): {err!r}"]
-        if "{feedback}" not in self.hindsight_template:
-            return ["hindsight_template must contain the placeholder {feedback}"]
-        return []
 
     def _choice_problems(self) -> list[str]:
         problems = []

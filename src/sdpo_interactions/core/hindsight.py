@@ -13,6 +13,16 @@ DEFAULT_HINDSIGHT_TEMPLATE = (
 )
 
 
+def template_problems(template: str) -> list[str]:
+    """What is wrong with a hindsight template, checked before any model loads (a stray brace would only fail at the
+    first feedback, after generation)."""
+    try:
+        template.format(feedback="")
+    except (KeyError, IndexError, ValueError) as err:
+        return [f"hindsight_template may contain only the placeholder {{feedback}} (double other braces): {err!r}"]
+    return [] if "{feedback}" in template else ["hindsight_template must contain the placeholder {feedback}"]
+
+
 def hindsight_messages(messages: list[dict[str, str]], feedback: str, template: str) -> list[dict[str, str]]:
     """The teacher's prompt: the same conversation with the user's future reply appended to the last user turn.
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from sdpo_interactions.core.hindsight import DEFAULT_HINDSIGHT_TEMPLATE
+from sdpo_interactions.core.hindsight import DEFAULT_HINDSIGHT_TEMPLATE, template_problems
 from sdpo_interactions.core.maths import ADVANTAGE_BASELINES, LOSS_TYPES
 from sdpo_interactions.core.objectives import LOGIT_MODES, OBJECTIVES
 from sdpo_interactions.core.teacher import TEACHERS
@@ -223,7 +223,8 @@ class LiveArguments(ServingArguments, LimitArguments, LearningArguments, Objecti
                               ("advantage_baseline", LIVE_BASELINES), ("loss_type", LOSS_TYPES)):
             if getattr(self, name) not in choices:
                 problems.append(f"Unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
-        return problems + self._template_problems() + self._monitor_problems() + self._objective_problems()
+        problems += template_problems(self.hindsight_template)
+        return problems + self._monitor_problems() + self._objective_problems()
 
     def _objective_problems(self) -> list[str]:
         problems = [f"{name} must be >= 1, got {getattr(self, name)}"
@@ -241,13 +242,6 @@ class LiveArguments(ServingArguments, LimitArguments, LearningArguments, Objecti
         if self.teacher_model_kind == "ema" and self.per_user_adapters:
             problems.append("teacher_model_kind=ema follows one adapter; with per_user_adapters use live or base")
         return problems
-
-    def _template_problems(self) -> list[str]:
-        try:
-            self.hindsight_template.format(feedback="")
-        except (KeyError, IndexError, ValueError) as err:
-            return [f"hindsight_template may contain only the placeholder {{feedback}}: {err!r}"]
-        return [] if "{feedback}" in self.hindsight_template else ["hindsight_template must contain {feedback}"]
 
     def _monitor_problems(self) -> list[str]:
         problems = []
