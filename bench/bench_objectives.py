@@ -2,7 +2,7 @@
 the paper's sampled_token + live, in one run on the embedded model.
 
     python bench/bench_objectives.py [--model models/smollm2-135m-instruct] [--steps 3] [--batch 2]
-        [--completion_tokens 256] [--topk 50] [--chunk_size 256]
+        [--completion_tokens 256] [--topk 50] [--chunk_size 256] [--bf16]
 
 Each setting trains offline on the same logged answers (no generation, no user: the step is the scoring passes and
 the loss) in a fresh process, so that memory is measured alone:
@@ -115,7 +115,8 @@ def child(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = OfflineSDPOConfig(
             output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=steps, learning_rate=1e-6,
-            logging_steps=1, save_strategy="no", token_log_samples=0, report_to=[], seed=0, bf16=False,
+            logging_steps=1, save_strategy="no", token_log_samples=0, report_to=[], seed=0, bf16=args.bf16,
+            model_init_kwargs={"dtype": "bfloat16" if args.bf16 else "float32"},
             max_completion_length=args.completion_tokens, distillation_mode=args.child[0],
             teacher_model_kind=args.child[1], distillation_topk=args.topk, distillation_chunk_size=args.chunk_size,
             specificity_samples=0, disable_tqdm=True)
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=50)
     parser.add_argument("--chunk_size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights and autocast, as the recipes on a GPU")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "TEACHER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -11,7 +11,11 @@ What it checks, on one CUDA GPU, in bf16 with gradient checkpointing (the recipe
 - two offline steps on the shipped conversations;
 - the precision setups of bench/bench_precision.py on the same policy (last 2 layers, 5 steps each): the share of
   each update that reaches the weights, the step time and the peak memory, relative to today's recipe; the recipes'
-  setup must keep at least 95% of the update.
+  setup must keep at least 95% of the update;
+- bench/bench_objectives.py's table on the same policy in bf16: every distillation_mode with every
+  teacher_model_kind, step time and peak memory relative to sampled_token + live;
+- the online SDPO step against TRL's own GRPO step on the same work (same prompts, batch, answers forced to the same
+  length, same optimizer), the median step after the first: what SDPO's teacher pass and user add.
 vLLM is checked only if it imports. Each check prints PASS or FAIL; the exit status is 1 if any failed.
 The policy is random, so its answers are noise: this measures the code paths and their cost, not learning.
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +37,8 @@ import torch
 
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
-from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, TrainerCallback  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages  # noqa: E402
 from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
@@ -45,6 +52,7 @@ SIZES = {
                num_key_value_heads=8),
 }
 QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+BENCH = Path(__file__).resolve().parent
 REQUESTS = [f"Post {i}: my neighbour mows his lawn at 6am every Sunday and I work nights. What can I do?"
             for i in range(64)]
 
@@ -76,16 +84,76 @@ def build_policy(tokenizer, size: str, folder: Path) -> int:
     return params
 
 
-def make_trainer(policy: Path, output_dir: str, steps: int, batch: int, completion: int, peft_config=None):
-    args = OnlineSDPOConfig(
-        output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=2, max_steps=steps,
-        max_completion_length=completion, learning_rate=1e-5, bf16=True, gradient_checkpointing=True,
-        model_init_kwargs={"dtype": "bfloat16"}, optim="adamw_torch", logging_steps=1, save_strategy="no",
-        report_to=[], token_log_samples=2, seed=0,
-    )
-    data = Dataset.from_list([{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS])
-    return OnlineSDPOTrainer(model=str(policy), user_simulator=LengthUser(), args=args, train_dataset=data,
+def shared_settings(output_dir: str, steps: int, batch: int, completion: int) -> dict:
+    """The settings SDPO's and GRPO's steps share: the recipes' memory settings on one GPU."""
+    return dict(output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=2,
+                max_steps=steps, max_completion_length=completion, learning_rate=1e-5, bf16=True,
+                gradient_checkpointing=True, model_init_kwargs={"dtype": "bfloat16"}, optim="adamw_torch",
+                logging_steps=1, save_strategy="no", report_to=[], seed=0)
+
+
+def prompts() -> Dataset:
+    return Dataset.from_list([{"prompt": prompt_messages(r, SYSTEM_PROMPTS["tldr"])} for r in REQUESTS])
+
+
+def make_trainer(policy: Path, output_dir: str, steps: int, batch: int, completion: int, peft_config=None, **extra):
+    args = OnlineSDPOConfig(**shared_settings(output_dir, steps, batch, completion), token_log_samples=2, **extra)
+    return OnlineSDPOTrainer(model=str(policy), user_simulator=LengthUser(), args=args, train_dataset=prompts(),
                              processing_class=AutoTokenizer.from_pretrained(policy), peft_config=peft_config)
+
+
+class StepTimes(TrainerCallback):
+    """Wall time of every optimizer step (generation, scoring and the update), synchronised with the GPU."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        torch.cuda.synchronize()
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def shorter_is_better(completions, **kwargs) -> list[float]:
+    """GRPO's reward for the comparison: the rule LengthUser states in words, as a number."""
+    return [-float(len(c[0]["content"].split())) for c in completions]
+
+
+def sdpo_over_grpo(policy: Path, tmp: str, args) -> dict:
+    """The median step of online SDPO and of TRL's GRPO on the same work, after a first warm-up step. Both sample
+    two answers per prompt (GRPO's group needs two), of exactly `--completion` tokens each."""
+    same = dict(num_generations=2, generation_kwargs={"min_new_tokens": args.completion})
+    steps = args.steps + 1
+    times = {}
+    for name in ("sdpo", "grpo"):
+        timer = StepTimes()
+        if name == "sdpo":
+            trainer = make_trainer(policy, f"{tmp}/{name}", steps, args.batch, args.completion, **same)
+        else:
+            config = GRPOConfig(**shared_settings(f"{tmp}/{name}", steps, args.batch, args.completion), **same)
+            trainer = GRPOTrainer(model=str(policy), reward_funcs=shorter_is_better, args=config,
+                                  train_dataset=prompts(), processing_class=AutoTokenizer.from_pretrained(policy))
+        trainer.add_callback(timer)
+        trainer.train()
+        times[name] = statistics.median(timer.seconds[1:])
+        del trainer
+        torch.cuda.empty_cache()
+    return {"sdpo_step_s": round(times["sdpo"], 2), "grpo_step_s": round(times["grpo"], 2),
+            "sdpo_over_grpo": round(times["sdpo"] / times["grpo"], 2)}
+
+
+def objective_table(policy: Path, args) -> tuple[str, tuple[str, bool, str]]:
+    """bench/bench_objectives.py on this GPU and policy, in bf16 (each setting in a process of its own)."""
+    command = [sys.executable, str(BENCH / "bench_objectives.py"), "--model", str(policy), "--bf16",
+               "--batch", str(args.batch), "--completion_tokens", str(args.completion * 4), "--steps", "3"]
+    out = subprocess.run(command, capture_output=True, text=True)
+    print(out.stdout)
+    detail = "9 settings measured" if out.returncode == 0 else out.stderr[-2000:]
+    return out.stdout, ("every objective with every teacher trains (bench_objectives)", out.returncode == 0, detail)
 
 
 class Probe:
@@ -167,6 +235,9 @@ def run(args) -> dict:
         checks.append(offline_check(policy, f"{tmp}/offline", args))
         results["precision"], check = precision_rows(policy)
         checks.append(check)
+        results["objectives"], check = objective_table(policy, args)
+        checks.append(check)
+        results["sdpo_vs_grpo"] = sdpo_over_grpo(policy, tmp, args)
 
     try:
         import vllm  # noqa: F401
