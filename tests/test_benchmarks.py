@@ -58,6 +58,10 @@ def test_plan_covers_base_and_every_complete_checkpoint_with_the_run_template(tm
     assert all(m.chat_template_kwargs == {"enable_thinking": False} for m in models)
     with pytest.raises(ValueError, match=r"no complete checkpoint for step\(s\) \[5, 7\]; complete: \[2\]"):
         plan_models(str(run), ckpts=[5, 7], base_model=None)
+    # From the command line, the same as one line and exit 2, before any harness or model loads.
+    proc = run_cli("--run_dir", str(run), "--ckpts", "5", "7", "--dry_run", "true")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no complete checkpoint for step(s) [5, 7]" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_lora_checkpoints_load_over_their_base_in_both_harnesses(tmp_path):
@@ -185,8 +189,8 @@ def test_the_scripts_dry_run_prints_each_harness_command(tmp_path):
     for label in ("base", "checkpoint-2"):
         for bench in ("ifeval", "mmlu_pro", "alpaca_eval"):
             command = lines[lines.index(f"# {label} / {bench}") + 1]
-            assert str(run / "benchmarks" / label / bench / "raw") in command and "--limit 3" in command \
-                or "--max_instances 3" in command
+            assert str(run / "benchmarks" / label / bench / "raw") in command
+            assert ("--limit 3" in command) or ("--max_instances 3" in command)
     assert "-m lm_eval run --model hf" in done.stdout and "--tasks mmlu_pro" in done.stdout
     assert "--num_fewshot 5" in done.stdout and "-m alpaca_eval.main evaluate_from_model" in done.stdout
     assert "ANNOTATOR_API_KEY: set" in done.stdout and SECRET not in done.stdout + done.stderr

@@ -294,6 +294,10 @@ def check_run(output_dir, trainer, mode, teacher, steps):
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == steps and all(math.isfinite(v) for v in losses)
     assert ("sdpo/divergence_mean" in trainer.state.log_history[-2]) == (mode != "sampled_token")
+    # The specificity metric re-scores with the sample's own teacher log-probs, which a logit mode computes only
+    # in the loss: it must still be measured in every mode.
+    specificity = [e["sdpo/feedback_specificity"] for e in trainer.state.log_history if "sdpo/feedback_specificity" in e]
+    assert len(specificity) == steps and all(math.isfinite(v) for v in specificity)
     records = read_token_log(output_dir)
     assert records and {r["distillation_mode"] for r in records} == {mode}
     for record in records:
@@ -395,6 +399,21 @@ def test_an_ema_teacher_resumes_bit_for_bit(tiny_model, tmp_path, monkeypatch):
     assert teacher.keys() == initial.keys() and not all(torch.equal(teacher[k], initial[k]) for k in teacher)
     again = load_file(tmp_path / "resumed" / "checkpoint-4" / TEACHER_STATE_NAME)
     assert all(torch.equal(teacher[k], again[k]) for k in teacher)
+
+
+@pytest.mark.parametrize("mode", ["topk_logits", "full_logits"])
+def test_a_logit_mode_resumes_bit_for_bit(tiny_model, tmp_path, mode):
+    """The logit modes carry the hindsight contexts to the loss (teacher_ids) instead of teacher log-probs: a resumed
+    run must rebuild them exactly, and end with the weights of the run that never stopped."""
+    fields = dict(max_steps=4, save_steps=2, distillation_mode=mode, token_log_samples=0)
+    make_trainer(tiny_model, tmp_path / "straight", **fields).train()
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    make_trainer(tiny_model, tmp_path / "resumed", **fields).train(resume_from_checkpoint=True)
+    expected = load_file(tmp_path / "straight" / "checkpoint-4" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "checkpoint-4" / "model.safetensors")
+    start = load_file(tmp_path / "straight" / "checkpoint-2" / "model.safetensors")
+    assert not all(torch.equal(expected[k], start[k]) for k in expected)  # the last two steps moved the weights
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
 
 
 def test_resuming_an_ema_teacher_without_its_file_is_refused(tiny_model, tmp_path):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from sdpo_interactions.run_files import (
-    RUN_SETTINGS_NAME, complete_checkpoints, read_run_settings, write_all_atomic, write_atomic,
+    RUN_SETTINGS_NAME, InputError, complete_checkpoints, read_run_settings, write_all_atomic, write_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def plan_models(run_dir: str, *, ckpts: list[int], base_model: Optional[str]) ->
             models.append(model)
             problems += problem
     if problems:
-        raise ValueError("; ".join(problems))
+        raise InputError("; ".join(problems))
     return models
 
 
@@ -571,7 +571,7 @@ def check_annotator_key(cells: list[Cell], annotator: AnnotatorSettings, environ
     """OpenAI's endpoint needs a key: say so before any model loads (a self-served judge may take none)."""
     judged = any(cell.benchmark.harness == "alpaca_eval" for cell in cells)
     if judged and annotator.annotator_api_base is None and not annotator.api_key(environ):
-        raise ValueError(f"AlpacaEval's annotator {annotator.annotator_model} at {OPENAI_API_BASE} needs a key: "
+        raise InputError(f"AlpacaEval's annotator {annotator.annotator_model} at {OPENAI_API_BASE} needs a key: "
                          f"export {annotator.annotator_api_key_env}=... (or OPENAI_API_KEY), or point "
                          "--annotator_api_base at a self-served judge")
 
