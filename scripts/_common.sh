@@ -277,40 +277,13 @@ sdpo_schedule() {
   fi
 }
 
-# A setting's value: the last `--NAME value` after `--`, else the recipe's `NAME:` (nested keys too), else empty.
-sdpo_setting() {
-  local i value=""
-  if [[ -f "$RECIPE" ]]; then
-    value=$(awk -v k="$1" '$1 == k ":" { sub(/^[^:]*: */, ""); sub(/ *#.*/, ""); print; exit }' "$RECIPE")
-  fi
-  for ((i = 0; i + 1 < ${#PASSTHROUGH[@]}; i++)); do
-    if [[ "${PASSTHROUGH[i]}" == "--$1" ]]; then value=${PASSTHROUGH[i + 1]}; fi
-  done
-  printf '%s' "$value"
-}
-
-# The precision this launch trains in and what keeps updates smaller than a bf16 weight's spacing (docs/precision.md).
+# The precision this launch trains in and what keeps updates smaller than a bf16 weight's spacing (docs/precision.md),
+# computed by sdpo_interactions.precision_plan from the flags after -- over the recipe, as the run reads them.
 sdpo_precision() {
-  local dtype optim optim_args bf16 launch="one process" keeper
-  dtype=$(sdpo_setting dtype) optim=$(sdpo_setting optim) optim_args=$(sdpo_setting optim_args) bf16=$(sdpo_setting bf16)
-  if ((WORLD_SIZE > 1)); then
-    launch="MULTI_GPU (accelerate's default)"
-    if [[ -f "${ACCELERATE_CONFIG:-}" ]]; then
-      launch=$(awk '$1 == "distributed_type:" { d = $2 } $1 == "mixed_precision:" { m = $2 }
-        END { print d " (mixed_precision " m ")" }' "$ACCELERATE_CONFIG")
-    fi
-  fi
-  if [[ "$launch" == DEEPSPEED* ]]; then keeper="fp32 master weights in DeepSpeed's ZeRO partitions"
-  elif [[ "$launch" == FSDP* ]]; then keeper="fp32 master weights (accelerate upcasts the trainable weights for FSDP)"
-  elif [[ " ${PASSTHROUGH[*]} " == *" --use_peft "* ]]; then keeper="the LoRA adapters, which PEFT keeps in fp32"
-  elif [[ "$dtype" != bfloat16 && "$dtype" != float16 ]]; then keeper="${dtype:-float32} weights"
-  elif [[ "$optim_args" == *bf16_stochastic_round=true* ]]; then keeper="stochastic rounding (torchao)"
-  elif [[ "$optim" == stable_adamw ]]; then keeper="Kahan summation (torch-optimi)"
-  else keeper="nothing: steps under |w|/512 round away on bf16 weights"
-  fi
-  echo "precision: weights ${dtype:-float32}, optim ${optim:-adamw_torch}${optim_args:+ ($optim_args)}, launch $launch," \
-    "bf16 autocast ${bf16:-on with a GPU, off on a CPU}"
-  echo "  updates kept by: $keeper"
+  local args=(--world_size "$WORLD_SIZE" --config "$RECIPE")
+  if [[ -f "${ACCELERATE_CONFIG:-}" ]]; then args+=(--accelerate_config "$ACCELERATE_CONFIG"); fi
+  "${PYTHON:-python}" -m sdpo_interactions.precision_plan "${args[@]}" "${PASSTHROUGH[@]}" ||
+    echo "precision: n/a ($(sdpo_quote "${PYTHON:-python}") -m sdpo_interactions.precision_plan failed: see above)"
 }
 
 # The whole training launch, shared by the online scripts (train_online_sdpo_tldr.sh, train_online_sdpo.sh) and

@@ -196,11 +196,16 @@ def test_applied_over_computed_from_the_weights(setup, lr, low, high, model_dir)
         ({"WORLD_SIZE": "1"}, ["--optim", "adamw_bnb_8bit", "--optim_args", ""], "optim adamw_bnb_8bit,",
          "nothing: steps under |w|/512 round away"),
         ({"WORLD_SIZE": "1"}, ["--dtype", "float32", "--bf16", "false"], "weights float32", "float32 weights"),
+        # Read as the run reads them: TRL's booleans, --name=value, and model_init_kwargs replacing the recipe's.
+        ({"WORLD_SIZE": "1"}, ["--use_peft", "false"], "weights bfloat16", "stochastic rounding (torchao)"),
+        ({"WORLD_SIZE": "1"}, ["--use_peft"], "weights bfloat16", "LoRA adapters"),
+        ({"WORLD_SIZE": "1"}, ["--model_init_kwargs", '{"dtype": "float32"}'], "weights float32", "float32 weights"),
+        ({"WORLD_SIZE": "1"}, ["--optim=adamw_torch"], "optim adamw_torch (", "nothing: steps under |w|/512"),
     ],
 )
 def test_dry_runs_show_the_precision_of_each_launch_path(launch, extra, shown, kept, tmp_path):
     env = {**os.environ, "TRAIN_JSONL": str(REPO / "data/sample/conversations.jsonl"), "OUTPUT_DIR": str(tmp_path),
-           **launch}
+           "PYTHON": sys.executable, **launch}
     proc = subprocess.run(["bash", str(REPO / "scripts/train_offline_sdpo.sh"), "--dry-run", "--", *extra], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

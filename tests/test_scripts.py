@@ -52,7 +52,7 @@ SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-MARKER-a1b2c3", "WANDB_API_KEY": "wandb-
 
 RECORDER = f"""#!{sys.executable}
 import json, os, sys
-if sys.argv[1:3] == ["-m", "sdpo_interactions.schedule"]:
+if sys.argv[1:3] in (["-m", "sdpo_interactions.schedule"], ["-m", "sdpo_interactions.precision_plan"]):
     os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 with open(os.environ["RECORD_TO"], "w") as f:
     json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_PROJECT",

@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from transformers import Trainer, TrainerCallback
 
+from sdpo_interactions.precision_plan import STOCHASTIC_ROUNDING_OPTIMS, parse_optim_args
+
 logger = logging.getLogger(__name__)
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -27,8 +29,6 @@ MIN_APPLIED = 0.9
 CHECK_SAMPLE = 1 << 20
 METRIC_SAMPLE = 4096
 METRIC_NAME = "update_applied_ratio"  # W&B shows it as train/update_applied_ratio, beside train/loss
-# The `optim` values whose optimizer (torchao's AdamW8bit/AdamW4bit) takes `bf16_stochastic_round` from `optim_args`.
-STOCHASTIC_ROUNDING_OPTIMS = ("adamw_torch_8bit", "adamw_torch_4bit")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -59,15 +59,6 @@ def sample_positions(numels: list[int], n: int, seed: int) -> list[torch.Tensor]
     drawn = torch.randint(int(ends[-1]), (n,), generator=torch.Generator().manual_seed(seed)).sort().values
     owner = torch.searchsorted(ends, drawn, right=True)
     return [drawn[owner == i] - (ends[i] - sizes[i]) for i in range(len(numels))]
-
-
-def parse_optim_args(optim_args: Optional[str]) -> dict[str, str]:
-    """transformers' `optim_args` string, "key=value,key=value", as a dict of lower-cased strings."""
-    pairs = [item.split("=", 1) for item in (optim_args or "").replace(" ", "").split(",") if item]
-    bad = [item for item in pairs if len(item) != 2]
-    if bad:
-        raise ValueError(f"optim_args must be key=value pairs separated by commas, got {optim_args!r}")
-    return {key: value.lower() for key, value in pairs}
 
 
 # ---------------------------------------------------------------------------------------------------------------
