@@ -1,5 +1,5 @@
-"""The lead's two helper scripts: the embedded-model conversion and the demo, through their dry runs; and the demo's
-summary (scripts/demo_report.py) of a real offline run."""
+"""The embedded-model conversion and the demo scripts, through their dry runs (the demo's summary of a real run is
+tested in tests/test_schedule.py)."""
 
 import shlex
 import subprocess

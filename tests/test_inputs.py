@@ -261,3 +261,26 @@ def test_offline_drop_counts_reach_the_run_settings(tmp_path, model_dir, monkeyp
     counts = seen["run_settings"]["data_counts"]
     assert (counts["conversations"], counts["samples"], counts["duplicate"], counts["empty_turn"]) == (3, 3, 1, 1)
     assert seen["run_settings"]["val_data_counts"]["conversations"] == 6
+
+
+def help_arguments(name):
+    from sdpo_interactions.cli import eval_benchmarks, evaluate, serve_live
+
+    return {"train": train.ARGUMENTS, "train_offline": train_offline.ARGUMENTS, "evaluate": (evaluate.EvalArguments,),
+            "eval_benchmarks": (eval_benchmarks.BenchmarkArguments, eval_benchmarks.HarnessSettings,
+                                eval_benchmarks.AnnotatorSettings),
+            "serve_live": (serve_live.LiveArguments,)}[name]
+
+
+@pytest.mark.parametrize("command", ["train", "train_offline", "evaluate", "eval_benchmarks", "serve_live"])
+def test_help_states_each_default_once(command, capsys):
+    """transformers' parser appends "(default: ...)" to every flag: never after a help text that gives its own
+    default, and never "(default: None)"."""
+    from sdpo_interactions.cli.common import parse_arguments
+
+    with pytest.raises(SystemExit):
+        parse_arguments(help_arguments(command), ["--help"])
+    options = [" ".join(o.split()) for o in capsys.readouterr().out.split("\n  -")[1:]]  # one entry per option
+    assert len(options) > 5
+    assert [o.split()[0] for o in options if o.count("(default") > 1 or "(default: None)" in o] == []
+    assert any("(default: " in o for o in options)  # the defaults the help texts do not state are still shown

@@ -8,6 +8,7 @@ status 1. Any other exception keeps its traceback, since that one is a bug.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from contextlib import contextmanager
@@ -50,6 +51,17 @@ def input_errors_as_one_line() -> Iterator[None]:
         exit_with_error(err)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only where the help does not state its default itself, and never "(default: None)":
+    transformers' parser appends it to every flag, so a help text giving its own default said it twice."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "(default" in text or "; default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parse_arguments(argument_classes: tuple, args: Optional[list[str]] = None, **parser_options) -> tuple:
     """The command line (and any `--config` recipe) parsed into the dataclasses. A dataclass's `__post_init__`
     checks its flags, TRL's and transformers' included, and refuses with a ValueError: that is the user's input
@@ -57,6 +69,7 @@ def parse_arguments(argument_classes: tuple, args: Optional[list[str]] = None, *
     from trl import TrlParser
 
     try:
+        parser_options.setdefault("formatter_class", HelpFormatter)
         return TrlParser(argument_classes, **parser_options).parse_args_and_config(args=args)
     except (ValueError, FileNotFoundError) as err:
         exit_with_error(err)

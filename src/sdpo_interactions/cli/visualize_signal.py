@@ -20,7 +20,6 @@ training would use.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import io
@@ -42,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from sdpo_interactions.cli.common import HelpFormatter  # noqa: E402
 from sdpo_interactions.run_files import iter_jsonl, write_atomic  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -558,15 +558,6 @@ def _linspace(lo: float, hi: float, n: int) -> list[float]:
 
 # The output flag's old names: accepted, with a warning; every command names it --output_dir.
 DEPRECATED_OUTPUT_FLAGS = ["--out_dir", "--out-dir"]
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: ...)" only where the help does not state its default itself, and never "(default: None)"."""
-
-    def _get_help_string(self, action):
-        if action.default is None or "(default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def warn_deprecated(argv: list[str]) -> None:
