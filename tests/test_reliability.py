@@ -207,8 +207,9 @@ def run_with_user(base: Path, output: str, name: str, model: Path, extra=(), fai
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """This module's own tiny model (see sdpo_entry.save_tiny_model)."""
+def entry_model_dir(tmp_path_factory) -> Path:
+    """The tiny model of the processes this module starts (sdpo_entry.save_tiny_model), named apart from the session
+    fixture tiny_model_dir, which is another model."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
@@ -232,27 +233,27 @@ def token_log_keys(folder: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_model_dir, tmp_path_factory):
+def straight(entry_model_dir, tmp_path_factory):
     """The run no fault interrupted, which the resumed ones must reproduce exactly."""
     base = tmp_path_factory.mktemp("faults")
-    code, log = run_with_user(base, "straight", "straight", tiny_model_dir)
+    code, log = run_with_user(base, "straight", "straight", entry_model_dir)
     assert code == 0, log[-3000:]
     yield base
     drop_weights(base)
 
 
 @pytest.fixture(scope="module")
-def killed_in_rotation(straight, tiny_model_dir):
+def killed_in_rotation(straight, entry_model_dir):
     """A run killed by SIGKILL while the save of step 4 deletes checkpoint-2 (after the files a resume needs are
     gone, as the issue found them), then resumed with `last`."""
     base = straight
-    killed = run_with_user(base, "run", "killed", tiny_model_dir, ["--kill_deleting_checkpoint", "2"])
+    killed = run_with_user(base, "run", "killed", entry_model_dir, ["--kill_deleting_checkpoint", "2"])
     after_kill = {
         "folders": {p.name: sorted(f.name for f in p.iterdir()) for p in (base / "run").glob("checkpoint-*")},
         "latest": latest_complete_checkpoint(base / "run"),
         "settings": settings_of(base / "run"),
     }
-    resumed = run_with_user(base, "run", "resumed", tiny_model_dir, ["--resume_from_checkpoint", "last"])
+    resumed = run_with_user(base, "run", "resumed", entry_model_dir, ["--resume_from_checkpoint", "last"])
     return dict(base=base, killed=killed, after_kill=after_kill, resumed=resumed)
 
 
@@ -312,14 +313,14 @@ def test_a_user_that_hangs_costs_one_timeout_and_its_samples_are_masked_and_coun
 
 
 @pytest.fixture(scope="module")
-def aborted(straight, tiny_model_dir):
+def aborted(straight, entry_model_dir):
     """A run whose user stops answering at step 4 (every request fails: more than max_failed_frac), then resumed
     with a user that answers again."""
     base = straight
-    abort = run_with_user(base, "abort", "abort", tiny_model_dir, fail_from=FAIL_FROM_REQUEST)
+    abort = run_with_user(base, "abort", "abort", entry_model_dir, fail_from=FAIL_FROM_REQUEST)
     after_abort = {"latest": latest_complete_checkpoint(base / "abort"),
                    "folders": sorted(p.name for p in (base / "abort").glob("checkpoint-*"))}
-    resumed = run_with_user(base, "abort", "abort-resumed", tiny_model_dir, ["--resume_from_checkpoint", "last"])
+    resumed = run_with_user(base, "abort", "abort-resumed", entry_model_dir, ["--resume_from_checkpoint", "last"])
     return dict(base=base, abort=abort, after_abort=after_abort, resumed=resumed)
 
 
@@ -348,10 +349,10 @@ def test_the_resume_after_an_abort_is_exact(aborted):
 
 
 @pytest.mark.slow
-def test_a_second_sigterm_kills_at_once_even_while_the_main_thread_is_held_in_c(tiny_model_dir, tmp_path):
+def test_a_second_sigterm_kills_at_once_even_while_the_main_thread_is_held_in_c(entry_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, PROMPTS)
-    flags = common_flags(prompts, tmp_path / "run", tmp_path / "records", tiny_model_dir) + [
+    flags = common_flags(prompts, tmp_path / "run", tmp_path / "records", entry_model_dir) + [
         "--max_steps", "3", "--per_device_train_batch_size", "2", "--save_strategy", "no", "--block_after_step", "1"]
     log = tmp_path / "run.log"
     process = launch(flags, log)
@@ -383,12 +384,12 @@ def in_small_tmpfs(folder: Path, size: str, command: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_named_with_the_folder_the_need_and_the_free_space(tiny_model_dir, tmp_path):
+def test_a_full_disk_is_named_with_the_folder_the_need_and_the_free_space(entry_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, PROMPTS)
     disk = tmp_path / "disk"
     disk.mkdir()
-    flags = common_flags(prompts, disk / "run", tmp_path / "records", tiny_model_dir) + [
+    flags = common_flags(prompts, disk / "run", tmp_path / "records", entry_model_dir) + [
         "--max_steps", "2", "--per_device_train_batch_size", "2", "--save_steps", "1"]
     command = in_small_tmpfs(disk, "12m", [sys.executable, str(ROOT / "tests" / "sdpo_entry.py"), *flags])
     if command is None:
@@ -406,7 +407,7 @@ def test_a_full_disk_is_named_with_the_folder_the_need_and_the_free_space(tiny_m
 
 
 @pytest.fixture(scope="module")
-def rank_killed(tiny_model_dir, tmp_path_factory):
+def rank_killed(entry_model_dir, tmp_path_factory):
     """Two processes: one run never interrupted; one whose rank 1 is killed by SIGKILL in the middle of the save of
     step 2 (rank 0 has written its part); its resume with `last` on two processes."""
     base = tmp_path_factory.mktemp("ranks")
@@ -415,7 +416,7 @@ def rank_killed(tiny_model_dir, tmp_path_factory):
     shared = ["--max_steps", "4", "--per_device_train_batch_size", "1", "--save_steps", "1", "--logging_steps", "3"]
 
     def two_processes(output, name, extra=()):
-        flags = common_flags(prompts, base / output, base / f"{name}-records", tiny_model_dir) + shared + list(extra)
+        flags = common_flags(prompts, base / output, base / f"{name}-records", entry_model_dir) + shared + list(extra)
         process = launch(flags, base / f"{name}.log", nproc=2)
         started = time.monotonic()
         return finish(process, base / f"{name}.log"), time.monotonic() - started, (base / f"{name}.log").read_text()
