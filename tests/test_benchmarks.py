@@ -136,6 +136,7 @@ def test_ifeval_runs_lm_evals_own_task_on_local_prompts(tmp_path):
         assert result["settings"]["chat_template_kwargs"] == {"enable_thinking": False}
         assert result["versions"]["lm-eval"] == "0.4.13"
     assert "| checkpoint-2 | 2 | 50.0 (+0.0) |" in (out / "benchmarks.md").read_text()
+    assert "benchmarks: 100%" in done.stderr and "2/2" in done.stderr  # the progress bar over the cells
     again = run_cli(*args)
     assert again.returncode == 0 and "already computed" in again.stderr
     assert "lm_eval run" not in again.stderr  # nothing ran twice

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tqdm.auto import tqdm
+
 from sdpo_interactions.evaluation.benchmark_report import write_benchmark_reports
 from sdpo_interactions.evaluation.benchmarks import (
     BENCHMARKS, AnnotatorSettings, HarnessSettings, check_annotator_key, check_benchmarks, plan_cells, plan_models,
@@ -70,7 +72,10 @@ def main(args: BenchmarkArguments, harness: HarnessSettings, annotator: Annotato
     check_annotator_key(cells, annotator, os.environ)
     nltk_data = punkt_data(output_dir / "nltk_data") if "ifeval" in args.benchmarks else None
     results, failures = [], []
-    for cell in cells:
+    # One bar over the (model, benchmark) cells, with counts and an ETA; each harness writes its own log file.
+    progress = tqdm(cells, desc="benchmarks", unit="cell")
+    for cell in progress:
+        progress.set_postfix_str(f"{cell.model.label} / {cell.benchmark.name}")
         try:
             results.append(run_cell(cell, harness, annotator, dict(os.environ), nltk_data))
         except (RuntimeError, FileNotFoundError, KeyError) as err:  # the other cells still run
