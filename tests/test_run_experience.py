@@ -7,7 +7,8 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from sdpo_interactions import OnlineSDPOConfig, OnlineSDPOTrainer, UserSimulator
+from fakes import SameReplyUser
+from sdpo_interactions import OnlineSDPOConfig, OnlineSDPOTrainer
 from sdpo_interactions.core.callbacks import step_summary
 from sdpo_interactions.precision import METRIC_NAME, UpdatePrecisionCallback
 from sdpo_interactions.prompts import prompt_messages
@@ -28,18 +29,13 @@ def tiny_model(tmp_path_factory, model_dir):
     return str(folder)
 
 
-class ShortUser(UserSimulator):
-    def generate_feedback(self, prompts, completions):
-        return ["Shorter, please."] * len(prompts)
-
-
 def run(tiny_model, tmp_path, **overrides) -> tuple[OnlineSDPOTrainer, list[str]]:
     settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=3, logging_steps=10,
                     max_completion_length=4, learning_rate=1e-3, save_strategy="no", report_to=[], bf16=False,
                     use_cpu=True, specificity_samples=0, token_log_samples=0, gradient_checkpointing=True)
     settings.update(overrides)
     dataset = Dataset.from_list([{"prompt": prompt_messages(f"Question {i}?", "")} for i in range(6)])
-    trainer = OnlineSDPOTrainer(model=tiny_model, user_simulator=ShortUser(), args=OnlineSDPOConfig(**settings),
+    trainer = OnlineSDPOTrainer(model=tiny_model, user_simulator=SameReplyUser(), args=OnlineSDPOConfig(**settings),
                                 train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(tiny_model))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
