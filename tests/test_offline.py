@@ -195,7 +195,7 @@ def test_two_processes_split_the_samples_and_keep_each_reply_with_its_answer(tin
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     settings = json.loads((tmp_path / "two" / RUN_SETTINGS_NAME).read_text())
-    assert settings["interactions"] == {"answers": 0, "with_feedback": 0}  # written before the first step
+    assert settings["interactions"] == {"answers": 2, "with_feedback": 2}  # kept current: the one step's two samples
     records = [json.loads(line) for line in (tmp_path / "two" / TOKEN_LOG_NAME).read_text().splitlines()]
     assert len(records) == 2 and records[0]["completion"] != records[1]["completion"]  # one sample from each rank
     conversations = [m for _, m in read_conversations(str(SAMPLE))]

@@ -57,6 +57,8 @@ def test_the_evaluation_defaults_find_every_checkpoint_the_training_defaults_sav
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     with open(run_dir / "eval" / "win_rates.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    assert [r["kind"] for r in rows].count("oracle") == 1  # the in-context oracle, judged once beside the checkpoints
+    rows = [r for r in rows if r["kind"] != "oracle"]
     assert [int(r["step"]) for r in rows] == [2, 3]
     assert [r["interactions"] for r in rows] == [
         str(settings[s]["interactions"]["with_feedback"]) for s in saved

@@ -439,6 +439,9 @@ def test_a_rank_killed_stops_the_others_with_a_message_naming_it(rank_killed):
     assert code != 0 and seconds < rank_killed["straight"][1] + 60, log[-3000:]
     root_cause = log.split("Root Cause")[-1]
     assert "rank      : 1" in root_cause and "Signal 9 (SIGKILL)" in root_cause
+    # Rank 0's own last word is one line that says what happened and what to do, not a socket error's traceback.
+    assert "error: process 0 of 2 lost the others in a collective" in log, log[-3000:]
+    assert "--resume_from_checkpoint last" in log.split("lost the others")[1].splitlines()[0]
     # Rank 0 had written its part of checkpoint-2, never the mark: without rank 1's RNG state it is not complete.
     written = rank_killed["after_kill"]["checkpoint-2"]
     assert "rng_state_0.pth" in written and "rng_state_1.pth" not in written and RUN_SETTINGS_NAME not in written

@@ -75,13 +75,37 @@ def parse_arguments(argument_classes: tuple, args: Optional[list[str]] = None, *
         exit_with_error(err)
 
 
+def lost_peer(err: BaseException) -> Optional[str]:
+    """When a collective failed because another process of the run is gone (killed, out of memory), what to say
+    instead of its traceback, which only shows a socket error deep in the backend; None for any other error.
+
+    gloo says "Connection closed by peer" (or reset, or a broken pipe); NCCL and the rendezvous store raise
+    torch.distributed's DistError. Only in a run of several processes."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not (isinstance(err, dist.DistError) or any(s in str(err) for s in ("by peer", "Broken pipe"))):
+        return None
+    return (f"process {dist.get_rank()} of {dist.get_world_size()} lost the others in a collective ({text[:200]}): "
+            "another process of this run stopped; the launcher's summary names it. The newest complete checkpoint "
+            "is kept: resume with --resume_from_checkpoint last")
+
+
 def run_cli(main: Callable, *argument_classes) -> None:
-    """Parse the command line into the dataclasses, then call `main` with them; input errors end as one line."""
+    """Parse the command line into the dataclasses, then call `main` with them; input errors end as one line, and so
+    does the failed collective of a process whose peer died."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         parsed = parse_arguments(argument_classes)
         with input_errors_as_one_line():
             main(*parsed)
+    except RuntimeError as err:
+        message = lost_peer(err)
+        if message is None:
+            raise
+        exit_with_error(RunError(message))
     finally:
         # A process group left to the interpreter's exit can abort a process that has finished its work (seen as
         # "terminate called without an active exception" under torchrun on the CPU), failing a complete run.
