@@ -216,3 +216,24 @@ def test_truncated_answers_and_replies_that_are_no_reaction_are_left_out(model_d
     with pytest.raises(ValueError, match="'reaction' must be true or false"):
         check_conversation({"messages": [msg("user", "q"), msg("assistant", "a"), {**msg("user", "o"), "reaction": 1}]},
                            "logs.jsonl:1")
+
+
+@pytest.mark.slow
+def test_the_offline_script_trains_on_a_cpu_with_its_recipe(tiny_model_dir, tmp_path):
+    """Issue 21: scripts/train_offline_sdpo.sh with recipes/offline.yaml stopped on a CPU ("Your setup doesn't support
+    bf16/gpu"). Now the recipe's bf16 turns off there (logged) and its optimizer, torchao's AdamW8bit with stochastic
+    rounding on bf16 weights, trains."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "PYTHON": sys.executable,
+           "WORLD_SIZE": "1", "MODEL_NAME_OR_PATH": tiny_model_dir, "TRAIN_JSONL": str(SAMPLE), "BS": "2", "GA": "1",
+           "OUTPUT_DIR": str(tmp_path / "run"), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "train_offline_sdpo.sh"), "--", "--max_steps", "2",
+                           "--save_steps", "2", "--report_to", "none", "--max_completion_length", "32"],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "No GPU: bf16 is off" in proc.stderr
+    settings = json.loads((tmp_path / "run" / "checkpoint-2" / RUN_SETTINGS_NAME).read_text())
+    assert settings["global_step"] == 2 and settings["interactions"]["answers"] == 4
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2]  # the first and the last step, whatever logging_steps
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"  # the recipe's bf16 weights, as trained
