@@ -59,7 +59,8 @@ def main() -> None:
         # The model folder's dtype, as each rank's local copy loads it (dtype="auto").
         with TransformersServer(args.model, tmp / "serve.log", threads=2, dtype="auto") as server:
             served = run_arm("served", ["--user_api_base", server.base_url, "--user_api_model", server.model,
-                                        "--user_api_max_concurrency", str(args.batch)], args, tmp)
+                                        "--user_api_max_concurrency", str(args.batch),
+                                        "--user_api_chat_template_kwargs", "{}"], args, tmp)  # serve refuses it
     local_s, served_s = mean(local[1:] or local), mean(served[1:] or served)
     weights = sum(path.stat().st_size for path in Path(args.model).glob("*.safetensors"))
     print(f"2 processes x {args.batch} answers a step, user replies up to {args.reply} tokens, {args.steps} steps:")

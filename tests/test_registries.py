@@ -121,3 +121,29 @@ def test_the_registries_and_their_flags_load_neither_torch_nor_the_sdks():
             "& set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=300)
     assert (out.returncode, out.stdout.strip()) == (0, "[]"), out.stderr
+
+
+@pytest.mark.parametrize("flag, sent", [(None, {"enable_thinking": False}), ("{}", None),
+                                        ('{"enable_thinking": true}', {"enable_thinking": True})])
+def test_the_served_user_gets_the_policys_chat_template_kwargs_unless_told_otherwise(flag, sent, monkeypatch):
+    """A served Qwen3 user must not think, as the local user's template is rendered: by default each request carries
+    the policy's chat_template_kwargs (vLLM and SGLang read them); '{}' sends none, for servers that refuse them."""
+    from sdpo_interactions.testing.messages_server import MessagesServer
+
+    monkeypatch.setenv("USER_API_KEY", "sk-user-MARKER")
+    with MessagesServer() as server:
+        argv = ["--user_api_base", server.url + "/v1", "--user_api_model", "m", "--user_api_max_retries", "0"]
+        (args,) = TrlParser((UserArguments,)).parse_args_and_config(
+            argv + ([] if flag is None else ["--user_api_chat_template_kwargs", flag]))
+        user = build_user_simulator(args, {"enable_thinking": False})
+        assert user.generate_feedback(["Why is the sky blue?"], ["Rayleigh scattering."]) != [""]
+        (request,) = server.requests
+    assert request.body.get("chat_template_kwargs") == sent
+    assert user.settings()["chat_template_kwargs"] == sent
+
+
+def test_the_served_users_chat_template_kwargs_must_be_a_json_object():
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        UserArguments(user_api_base="http://h:8000/v1", user_api_model="m", user_api_chat_template_kwargs="[1]")
+    with pytest.raises(ValueError, match="is not JSON"):
+        UserArguments(user_api_base="http://h:8000/v1", user_api_model="m", user_api_chat_template_kwargs="{nope")

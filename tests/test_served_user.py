@@ -60,6 +60,7 @@ def test_two_ranks_share_one_server_and_every_reply_stays_with_its_sample(server
         "--system_prompt", "general", "--model_name_or_path", str(server.model), "--output_dir", str(out),
         "--user_api_base", server.base_url, "--user_api_model", server.model, "--user_temperature", "0",
         "--user_top_k", "0", "--user_max_new_tokens", str(GREEDY["max_tokens"]), "--user_api_max_concurrency", "2",
+        "--user_api_chat_template_kwargs", "{}",  # transformers serve refuses the field; vLLM reads it
         "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--max_steps", "1",
         "--logging_steps", "1", "--token_log_samples", "64", "--save_strategy", "no", "--report_to", "none",
         "--bf16", "false", "--gradient_checkpointing", "false", "--seed", "3", "--dataloader_num_workers", "0",

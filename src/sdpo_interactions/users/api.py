@@ -169,8 +169,10 @@ class OpenAIStyleUserSimulator(ApiUserSimulator):
 
     The defaults are those of the authors' local user (128 tokens, temperature 0.7, top_p 0.95, top_k 20), so a
     Qwen3-8B served by vLLM replies as the one each rank loaded before. `top_k=0` sends no top_k, for servers that
-    refuse the field; vLLM started by scripts/serve_user_simulator.sh then applies none. The key is read from
-    USER_API_KEY (else OPENAI_API_KEY) by the client and never logged or saved.
+    refuse the field; vLLM started by scripts/serve_user_simulator.sh then applies none. `chat_template_kwargs` go
+    in each request to the server's chat template (`{"enable_thinking": False}` keeps a served Qwen3 user from
+    thinking, as the local user's template is rendered; the command lines send the policy's); None sends none. The
+    key is read from USER_API_KEY (else OPENAI_API_KEY) by the client and never logged or saved.
     """
 
     def __init__(
@@ -188,6 +190,7 @@ class OpenAIStyleUserSimulator(ApiUserSimulator):
         max_failed_frac: float = 0.5,
         cache_dir: Optional[str | os.PathLike] = None,
         persona: Optional[str] = None,
+        chat_template_kwargs: Optional[dict] = None,
     ):
         if not 0.0 <= temperature <= 2.0:
             raise ValueError(f"temperature must be in [0, 2], got {temperature}")
@@ -198,5 +201,6 @@ class OpenAIStyleUserSimulator(ApiUserSimulator):
         client = OpenAIChatClient(
             base_url, max_concurrency=max_concurrency, timeout=timeout, max_retries=max_retries, cache_dir=cache_dir
         )
-        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k or None}
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k or None,
+                    "chat_template_kwargs": chat_template_kwargs}
         super().__init__(style, client, model, max_tokens, sampling, max_failed_frac, persona)

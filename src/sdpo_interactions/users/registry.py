@@ -7,8 +7,9 @@ the model stack or an API SDK only when called, so reading and checking the flag
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from sdpo_interactions.personas import resolve_persona
 
@@ -95,6 +96,13 @@ class UserArguments:
     user_api_max_failed_frac: float = field(
         default=0.5, metadata={"help": "Stop when more than this share of a step's user requests fails for good."}
     )
+    user_api_chat_template_kwargs: Optional[Union[dict, str]] = field(
+        default=None,
+        metadata={"help": "Chat template kwargs (JSON) in each request to the served user (vLLM and SGLang read them); "
+                          "default: the policy's chat_template_kwargs, as the local user gets ({\"enable_thinking\": "
+                          "false}: a served Qwen3 user does not think). '{}' sends none, for a server that refuses the "
+                          "field (transformers serve, hosted APIs)."},
+    )
     user_api_cache_dir: Optional[str] = field(
         default=None,
         metadata={"help": "On-disk cache of the API user's replies, so a resumed run does not pay twice."},
@@ -119,6 +127,14 @@ class UserArguments:
             raise ValueError(f"--user_api_max_retries must be >= 0, got {self.user_api_max_retries}")
         if not 0.0 <= self.user_api_max_failed_frac <= 1.0:
             raise ValueError(f"--user_api_max_failed_frac must be in [0, 1], got {self.user_api_max_failed_frac}")
+        if isinstance(self.user_api_chat_template_kwargs, str):
+            try:
+                self.user_api_chat_template_kwargs = json.loads(self.user_api_chat_template_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--user_api_chat_template_kwargs is not JSON: {err}") from err
+        if self.user_api_chat_template_kwargs is not None and not isinstance(self.user_api_chat_template_kwargs, dict):
+            raise ValueError("--user_api_chat_template_kwargs must be a JSON object, got "
+                             f"{self.user_api_chat_template_kwargs!r}")
 
     def _start_the_schedule(self) -> None:
         """Check the schedule's personas (its steps need the run's batch settings: cli/train.py); its first persona
@@ -222,6 +238,8 @@ def _served_user(args: UserArguments, chat_template_kwargs: dict):
         temperature=args.user_temperature,
         top_p=args.user_top_p,
         top_k=args.user_top_k,
+        chat_template_kwargs=(chat_template_kwargs if args.user_api_chat_template_kwargs is None
+                              else args.user_api_chat_template_kwargs) or None,
         **args.client_settings(),
     )
 
