@@ -143,6 +143,8 @@ def test_offline_run_writes_checkpoints_settings_and_a_token_log(offline_run):
     settings = json.loads((offline_run / "checkpoint-2" / RUN_SETTINGS_NAME).read_text())
     assert settings["mode"] == "offline" and settings["advantage_baseline"] == "none"
     assert settings["interactions"] == {"answers": 4, "with_feedback": 4}
+    assert settings["data_filters"]["max_history_messages"] == 5  # what chose the samples, beside their counts
+    assert set(settings["data_filters"]) == set(train_offline.DATA_FILTERS) and settings["data_counts"]
     records = [json.loads(line) for line in (offline_run / TOKEN_LOG_NAME).read_text().splitlines()]
     assert len(records) == 4
     conversations = [m for _, m in read_conversations(str(SAMPLE))]

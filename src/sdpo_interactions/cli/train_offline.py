@@ -61,6 +61,10 @@ class OfflineScriptArguments(DataArguments):
                        "min_completion_tokens", "min_feedback_tokens", "max_feedback_tokens")
 
 
+# The flags that choose which logged samples train, recorded in the run settings with the counts they gave.
+DATA_FILTERS = ("max_prompt_tokens", "max_history_messages", "max_samples_per_conversation", "min_request_tokens",
+                "min_completion_tokens", "min_feedback_tokens", "max_feedback_tokens")
+
 # What the command line parses into, in main's order.
 ARGUMENTS = (OfflineScriptArguments, OfflineSDPOConfig, PolicyModelConfig)
 
@@ -100,6 +104,7 @@ def main(script_args: OfflineScriptArguments, training_args: OfflineSDPOConfig, 
         peft_config=peft_config,
         run_settings={"mode": "offline", "train_jsonl": script_args.train_jsonl, "val_jsonl": script_args.val_jsonl,
                       "data_counts": counts, "val_data_counts": eval_counts,
+                      "data_filters": {name: getattr(script_args, name) for name in DATA_FILTERS},
                       "ignore_first_tokens": training_args.ignore_first_tokens},
     )
     train_and_save(trainer, resume)
