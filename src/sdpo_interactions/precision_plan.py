@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Optional
 
-from sdpo_interactions.schedule import ScheduleError, print_report
+from sdpo_interactions.schedule import ScheduleError, print_report, read_yaml_mapping
 
 # The `optim` values whose optimizer (torchao's AdamW8bit/AdamW4bit) takes `bf16_stochastic_round` from `optim_args`.
 STOCHASTIC_ROUNDING_OPTIMS = ("adamw_torch_8bit", "adamw_torch_4bit")
@@ -28,21 +28,6 @@ def parse_optim_args(optim_args: Optional[str]) -> dict[str, str]:
     if bad:
         raise ValueError(f"optim_args must be key=value pairs separated by commas, got {optim_args!r}")
     return {key: value.lower() for key, value in pairs}
-
-
-def _read_yaml(path: str, what: str) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise ScheduleError(f"cannot read the {what} {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise ScheduleError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
-    if not isinstance(data, dict):
-        raise ScheduleError(f"{path}: the {what} is a mapping of field: value, got {type(data).__name__}")
-    return data
 
 
 def _flag_bool(value: Optional[str], name: str) -> Optional[bool]:
@@ -97,7 +82,7 @@ def launch_path(args: argparse.Namespace) -> str:
         return "one process"
     if not args.accelerate_config:
         return "MULTI_GPU (accelerate's default)"
-    config = _read_yaml(args.accelerate_config, "accelerate config")
+    config = read_yaml_mapping(args.accelerate_config, "accelerate config")
     return f"{config.get('distributed_type', 'MULTI_GPU')} (mixed_precision {config.get('mixed_precision', 'no')})"
 
 
@@ -123,7 +108,7 @@ def keeper(launch: str, dtype: str, optim: str, optim_args: str, use_peft: bool)
 
 
 def precision_lines(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    recipe = _read_yaml(args.config, "recipe") if args.config else {}
+    recipe = read_yaml_mapping(args.config, "recipe") if args.config else {}
     dtype = weights_dtype(args, recipe)
     optim = args.optim if args.optim is not None else str(recipe.get("optim") or "adamw_torch")
     optim_args = args.optim_args if args.optim_args is not None else str(recipe.get("optim_args") or "")

@@ -272,19 +272,25 @@ FIELD_TYPES = {"per_device_train_batch_size": int, "gradient_accumulation_steps"
                "steps_per_generation": int, "generation_batch_size": int, "num_iterations": int}
 
 
-def read_recipe(path: str) -> dict:
-    """The schedule's fields from a recipe (the run's --config); other keys are the run's business."""
+def read_yaml_mapping(path: str, what: str = "recipe") -> dict:
+    """A YAML file of field: value (a recipe, an accelerate config), or a ScheduleError saying what is wrong."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
+            data = yaml.safe_load(f) or {}
     except OSError as err:
-        raise ScheduleError(f"cannot read the recipe {path}: {err.strerror}") from err
+        raise ScheduleError(f"cannot read the {what} {path}: {err.strerror}") from err
     except yaml.YAMLError as err:
         raise ScheduleError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
-    if not isinstance(recipe, dict):
-        raise ScheduleError(f"{path}: a recipe is a mapping of field: value, got {type(recipe).__name__}")
+    if not isinstance(data, dict):
+        raise ScheduleError(f"{path}: the {what} must be a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def read_recipe(path: str) -> dict:
+    """The schedule's fields from a recipe (the run's --config); other keys are the run's business."""
+    recipe = read_yaml_mapping(path)
     settings, problems = {}, []
     for name, kind in FIELD_TYPES.items():
         if recipe.get(name) is not None:
