@@ -129,3 +129,37 @@ def test_an_ema_teacher_moves_only_with_published_updates_and_is_kept_with_them(
     restarted = make_service(**OPEN_MONITORS, teacher_model_kind="ema", teacher_update_rate=0.5)
     state = restarted.learner.update.teacher.state_dict()
     assert all(torch.equal(state[k].cpu(), kept[k]) for k in kept)
+
+
+def test_an_ema_teacher_with_teacher_sync_steps_follows_every_second_version(make_service):
+    service = make_service(**OPEN_MONITORS, teacher_model_kind="ema", teacher_update_rate=0.5, teacher_sync_steps=2)
+    initial = {k: v.clone() for k, v in service.learner.update.teacher.state_dict().items()}
+    kept = {}
+    for version in (1, 2):
+        conversations(service, 2)
+        assert service.learner.run_update("shared") == "published"
+        kept[version] = load_file(f"{service.files.folder('shared', version)}/{TEACHER_STATE_NAME}")
+    assert all(torch.equal(kept[1][k], initial[k].cpu()) for k in initial)  # version 1: not on the rhythm
+    assert any(not torch.equal(kept[2][k], initial[k].cpu()) for k in initial)  # version 2: it followed
+
+
+def test_a_base_teacher_scores_with_the_adapter_off(make_service):
+    """The base teacher is the model without the adapter: its logits are the same before and after the adapter
+    trained, while the adapter itself moved."""
+    service = make_service(**OPEN_MONITORS, teacher_model_kind="base")
+    update = service.learner.update
+    ids = torch.tensor([[1, 2, 3, 4]], device=update.device)
+
+    @torch.no_grad()
+    def logits(teacher: bool) -> torch.Tensor:
+        if not teacher:
+            return update.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        with update.teacher.weights() as model:
+            return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+    before = logits(teacher=True)
+    torch.testing.assert_close(logits(teacher=False), before, rtol=0, atol=0)  # a fresh adapter changes nothing
+    conversations(service, 2)
+    assert service.learner.run_update("shared") == "published"
+    torch.testing.assert_close(logits(teacher=True), before, rtol=0, atol=0)
+    assert not torch.equal(logits(teacher=False), before)  # the adapter itself did train

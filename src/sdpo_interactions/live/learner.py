@@ -154,7 +154,7 @@ class Learner:
             self.telemetry.update_finished("rejected", seconds, found)
             return "rejected"
         version = self.training.next_version(adapter)
-        state = self.update.follow_student()
+        state = self.update.follow_student(version)
         folder = self.training.save(adapter, version, {TEACHER_STATE_NAME: state} if state else {})
         owner: Optional[str] = None if adapter == SHARED else user_id
         self.store.publish(update_id, adapter, version, folder, owner, monitors=record, metrics=metrics)

@@ -147,7 +147,10 @@ class ObjectiveArguments:
         "Who re-scores the answer in hindsight (core/teacher.py): live (the paper's), base (the adapter switched "
         "off) or ema (a moving average of the published adapter; shared adapter only).", TEACHERS))
     teacher_update_rate: float = field(default=0.05, metadata=_help(
-        "ema: teacher <- (1 - rate) teacher + rate student after each published update."))
+        "ema: teacher <- (1 - rate) teacher + rate student when it follows (see teacher_sync_steps)."))
+    teacher_sync_steps: int = field(default=1, metadata=_help(
+        "ema: the teacher follows the student at every published version whose number is a multiple of this "
+        "(TRL's name; 1: every published update). A rejected update never moves it."))
     advantage_baseline: str = field(default="none", metadata=_help(
         "What is subtracted from the per-token signal (the authors' live updater: none).", LIVE_BASELINES))
     signal_clip: Optional[float] = field(default=2.0, metadata=_help(
@@ -233,6 +236,8 @@ class LiveArguments(ServingArguments, LimitArguments, LearningArguments, Objecti
             problems.append(f"distillation_alpha must be in [0, 1], got {self.distillation_alpha}")
         if not 0.0 < self.teacher_update_rate <= 1.0:
             problems.append(f"teacher_update_rate must be in (0, 1], got {self.teacher_update_rate}")
+        if self.teacher_sync_steps < 1:
+            problems.append(f"teacher_sync_steps must be >= 1, got {self.teacher_sync_steps}")
         if self.distillation_is_clip is not None and self.distillation_is_clip <= 0:
             problems.append(f"distillation_is_clip must be > 0 (or unset), got {self.distillation_is_clip}")
         if self.distillation_mode not in LOGIT_MODES and (self.distillation_alpha != 1.0 or

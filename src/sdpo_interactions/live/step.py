@@ -142,10 +142,13 @@ class SDPOUpdate:
             metrics["feedback_specificity"] = own - masked_mean((unrelated - student).abs(), rescored).item()
         return metrics
 
-    def follow_student(self) -> dict[str, torch.Tensor]:
-        """The update passed its monitors: a teacher that follows the student does so now (a rejected update never
-        moves it); returns the teacher's state to keep with the version (empty for a teacher without state)."""
-        self.teacher.update()
+    def follow_student(self, version: int) -> dict[str, torch.Tensor]:
+        """The update passed its monitors and becomes `version`: a teacher that follows the student does so now if
+        the version falls on `teacher_sync_steps` (a rejected update never moves it; version numbers survive a
+        restart, so the rhythm does too); returns the teacher's state to keep with the version (empty for a teacher
+        without state)."""
+        if version % self.args.teacher_sync_steps == 0:
+            self.teacher.update()
         return {k: v.detach().to("cpu").contiguous() for k, v in self.teacher.state_dict().items()}
 
     def restore_teacher(self, folder: str) -> None:
