@@ -36,7 +36,11 @@ SETUPS = {
     "bf16_kahan": ("bfloat16", {"optim": "stable_adamw"}),
     "default": ("bfloat16", {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=true"}),
     "fp32_master_torchao8": ("float32", {"optim": "adamw_torch_8bit"}),
+    "lora": ("bfloat16", {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=true"}),
 }
+# Setups that train a LoRA adapter (r 8 on q_proj and v_proj of the trained layers) over the frozen weights: PEFT
+# keeps the adapter in fp32 over a bf16 model, the recipes' optimizer steps it.
+LORA_SETUPS = {"lora"}
 LABELS = {
     "today": "bf16 weights, adamw_bnb_8bit (today's recipes)",
     "bf16_adamw": "bf16 weights, torch AdamW",
@@ -44,6 +48,7 @@ LABELS = {
     "bf16_kahan": "bf16 weights, stable_adamw (Kahan summation)",
     "default": "bf16 weights, torchao AdamW8bit + stochastic rounding (new recipes)",
     "fp32_master_torchao8": "fp32 master weights + bf16 autocast, torchao AdamW8bit (FSDP's upcast)",
+    "lora": "bf16 weights, fp32 LoRA adapter, the recipes' optimizer (use_peft)",
 }
 
 
@@ -83,7 +88,13 @@ def train(setup: str, lr: float, *, model_path: str, steps: int, tokens: int, tr
     dtype, fields = SETUPS[setup]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
-    if train_layers:
+    if setup in LORA_SETUPS:
+        from peft import LoraConfig, get_peft_model
+
+        layers = list(range(len(model.model.layers)))[-train_layers:] if train_layers else None
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                 layers_to_transform=layers, task_type="CAUSAL_LM"))
+    elif train_layers:
         model.requires_grad_(False)
         model.model.layers[-train_layers:].requires_grad_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -163,6 +163,7 @@ def reference_ratio(trainable, before, recorder: GradRecorder, lr: float) -> flo
         # torchao's optimizers compile their step on first use (about a minute on a fresh machine): second tier.
         pytest.param("default", 2e-6, 0.95, 1.05, marks=pytest.mark.slow),  # the recipes now: stochastic rounding
         pytest.param("fp32_master_torchao8", 2e-6, 0.95, 1.05, marks=pytest.mark.slow),  # fp32 master (FSDP upcast)
+        pytest.param("lora", 2e-6, 0.95, 1.05, marks=pytest.mark.slow),  # fp32 adapters over bf16 weights
     ],
 )
 def test_applied_over_computed_from_the_weights(setup, lr, low, high, model_dir):

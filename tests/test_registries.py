@@ -139,7 +139,7 @@ def test_the_served_user_gets_the_policys_chat_template_kwargs_unless_told_other
         assert user.generate_feedback(["Why is the sky blue?"], ["Rayleigh scattering."]) != [""]
         (request,) = server.requests
     assert request.body.get("chat_template_kwargs") == sent
-    assert user.settings()["chat_template_kwargs"] == sent
+    assert user.settings().get("chat_template_kwargs") == sent  # recorded with the run
 
 
 def test_the_served_users_chat_template_kwargs_must_be_a_json_object():

@@ -201,6 +201,7 @@ class OpenAIStyleUserSimulator(ApiUserSimulator):
         client = OpenAIChatClient(
             base_url, max_concurrency=max_concurrency, timeout=timeout, max_retries=max_retries, cache_dir=cache_dir
         )
-        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k or None,
-                    "chat_template_kwargs": chat_template_kwargs}
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k or None}
+        if chat_template_kwargs is not None:
+            sampling["chat_template_kwargs"] = chat_template_kwargs
         super().__init__(style, client, model, max_tokens, sampling, max_failed_frac, persona)
