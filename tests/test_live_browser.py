@@ -43,7 +43,9 @@ def browser():
 @pytest.fixture
 def server(tiny_model_dir, tmp_path):
     settings = ("--max_completion_tokens", "8", "--monitor_probe_tokens", "8", "--lora_r", "4", "--lora_alpha", "8",
-                "--samples_per_update", "1", "--min_seconds_between_updates", "0")
+                "--samples_per_update", "1", "--min_seconds_between_updates", "0",
+                # a random model's answer lengths are noise: the length monitor must not reject the one update
+                "--monitor_min_length_ratio", "0", "--monitor_max_length_ratio", "1e9")
     with LiveServer(tiny_model_dir, tmp_path / "data", tmp_path / "server.log",
                     *settings) as running:
         yield running

@@ -43,7 +43,8 @@ def calls(url: str) -> list[list[str]]:
 def test_answers_come_from_vllm_and_published_versions_are_hot_swapped(standin, tiny_model_dir, tmp_path):
     settings = ("--generation_backend", "vllm", "--vllm_url", f"{standin}/v1", "--max_completion_tokens", "8",
                 "--monitor_probe_tokens", "8", "--lora_r", "4", "--lora_alpha", "8", "--samples_per_update", "2",
-                "--min_seconds_between_updates", "0", "--monitor_min_specificity", "-1")
+                "--min_seconds_between_updates", "0", "--monitor_min_specificity", "-1",
+                "--monitor_min_length_ratio", "0", "--monitor_max_length_ratio", "1e9")  # random lengths: noise
     with LiveServer(tiny_model_dir, tmp_path / "data", tmp_path / "server.log", *settings) as server:
         assert calls(standin) == [["load", "shared-v0"]]
         client = server.client()
