@@ -348,6 +348,29 @@ sdpo_api_user() {
   SIMULATOR_ARGS=(--user_api_base "$USER_API_BASE" --user_api_model "$USER_API_MODEL")
 }
 
+# The end of every online script, after its defaults: its arguments, its simulated user, then the launch. The user
+# is USER_API_BASE's server when that is set, else the experiment's own: `local` (USER_MODEL_NAME_OR_PATH on every
+# rank) or `claude` (CLAUDE_MODEL, which needs ANTHROPIC_API_KEY). Call as: sdpo_online_train local|claude "$@"
+sdpo_online_train() {
+  local own_user=$1
+  shift
+  sdpo_parse_args "$@"
+  if ! sdpo_api_user; then
+    if [[ "$own_user" == local ]]; then
+      SHOWN_SIMULATOR_VARS=(USER_MODEL_NAME_OR_PATH)
+      SIMULATOR_ARGS=(--user_model_name_or_path "$USER_MODEL_NAME_OR_PATH")
+    else
+      SHOWN_SIMULATOR_VARS=(CLAUDE_MODEL)
+      SIMULATOR_ARGS=()
+      if [[ -n "${CLAUDE_MODEL:-}" ]]; then SIMULATOR_ARGS=(--claude_model "$CLAUDE_MODEL"); fi
+      sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
+        "USER_API_BASE, a user model on your own server"
+    fi
+  fi
+  sdpo_online_mode
+  sdpo_train
+}
+
 # The online experiments' own flags and variables: the policy's system prompt and the simulated user.
 sdpo_online_mode() {
   ENTRY=train.py

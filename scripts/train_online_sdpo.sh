@@ -65,13 +65,4 @@ PREPARE_SCRIPT=scripts/prepare_data_helpsteer.sh
 : "${RECIPE:=$SDPO_ROOT/recipes/helpsteer.yaml}"
 : "${WANDB_PROJECT:=sdpo-helpsteer2}"
 
-sdpo_parse_args "$@"
-if ! sdpo_api_user; then
-  SHOWN_SIMULATOR_VARS=(CLAUDE_MODEL)
-  SIMULATOR_ARGS=()
-  if [[ -n "${CLAUDE_MODEL:-}" ]]; then SIMULATOR_ARGS=(--claude_model "$CLAUDE_MODEL"); fi
-  sdpo_require_anthropic_key "This experiment's simulated user is Claude" \
-    "USER_API_BASE, a user model on your own server"
-fi
-sdpo_online_mode
-sdpo_train
+sdpo_online_train claude "$@"

@@ -67,10 +67,4 @@ PREPARE_SCRIPT=scripts/prepare_data_tldr.sh
 : "${RECIPE:=$SDPO_ROOT/recipes/tldr.yaml}"
 : "${WANDB_PROJECT:=sdpo-tldr}"
 
-sdpo_parse_args "$@"
-if ! sdpo_api_user; then
-  SHOWN_SIMULATOR_VARS=(USER_MODEL_NAME_OR_PATH)
-  SIMULATOR_ARGS=(--user_model_name_or_path "$USER_MODEL_NAME_OR_PATH")
-fi
-sdpo_online_mode
-sdpo_train
+sdpo_online_train local "$@"
