@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from transformers import Trainer, TrainerCallback
 
-from sdpo_interactions.precision_plan import STOCHASTIC_ROUNDING_OPTIMS, parse_optim_args
+from sdpo_interactions.precision_plan import STOCHASTIC_ROUNDING_OPTIMS, optimizer_compensation, parse_optim_args
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,7 @@ def compensation(args, optimizer=None) -> Optional[str]:
     if (args.fsdp or _env_true("ACCELERATE_USE_FSDP")) and (args.bf16 or args.fp16):
         return "FSDP under mixed precision upcasts the trainable weights to fp32 (accelerate)"
     if optimizer is None:
-        options = parse_optim_args(args.optim_args)
-        if args.optim == "stable_adamw" and options.get("kahan_sum", "true") == "true":
-            return "Kahan summation (stable_adamw)"
-        if args.optim in STOCHASTIC_ROUNDING_OPTIMS and options.get("bf16_stochastic_round") == "true":
-            return "bf16 stochastic rounding (torchao)"
-        return None
+        return optimizer_compensation(getattr(args.optim, "value", args.optim), args.optim_args)
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
     if getattr(inner, "bf16_stochastic_round", False):
         return "bf16 stochastic rounding (torchao)"

@@ -86,10 +86,21 @@ def launch_path(args: argparse.Namespace) -> str:
     return f"{config.get('distributed_type', 'MULTI_GPU')} (mixed_precision {config.get('mixed_precision', 'no')})"
 
 
+def optimizer_compensation(optim: str, optim_args: Optional[str]) -> Optional[str]:
+    """What the optimizer these settings build does itself to keep updates smaller than a bf16 weight's spacing, in
+    words, or None. A ValueError for an optim_args string that is not key=value pairs."""
+    options = parse_optim_args(optim_args)
+    if optim in STOCHASTIC_ROUNDING_OPTIMS and options.get("bf16_stochastic_round") == "true":
+        return "bf16 stochastic rounding (torchao)"
+    if optim == "stable_adamw" and options.get("kahan_sum", "true") == "true":
+        return "Kahan summation (torch-optimi)"
+    return None
+
+
 def keeper(launch: str, dtype: str, optim: str, optim_args: str, use_peft: bool) -> str:
     """What keeps an update smaller than the weights' spacing, in words."""
     try:
-        options = parse_optim_args(optim_args)
+        by_optimizer = optimizer_compensation(optim, optim_args)
     except ValueError as err:
         raise ScheduleError(str(err)) from err
     if launch.startswith("DEEPSPEED"):
@@ -100,11 +111,7 @@ def keeper(launch: str, dtype: str, optim: str, optim_args: str, use_peft: bool)
         return "the LoRA adapters, which PEFT keeps in fp32"
     if dtype not in ("bfloat16", "float16", "bf16", "fp16"):
         return f"{dtype} weights"
-    if optim in STOCHASTIC_ROUNDING_OPTIMS and options.get("bf16_stochastic_round") == "true":
-        return "stochastic rounding (torchao)"
-    if optim == "stable_adamw" and options.get("kahan_sum", "true") == "true":
-        return "Kahan summation (torch-optimi)"
-    return "nothing: steps under |w|/512 round away on bf16 weights"
+    return by_optimizer or "nothing: steps under |w|/512 round away on bf16 weights"
 
 
 def precision_lines(args: argparse.Namespace) -> tuple[list[str], list[str]]:
