@@ -11,14 +11,13 @@ the first token of the answer, for `--judge_protocol logprobs` (judging.py reads
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from sdpo_interactions.evaluation.judging import DEFAULT_TIE_MARGIN, LABELS, label_logprobs
 from sdpo_interactions.run_files import InputError
-from sdpo_interactions.users.registry import DEFAULT_CLAUDE_MODEL, check_api_base, lookup
+from sdpo_interactions.users.registry import DEFAULT_CLAUDE_MODEL, check_api_base, lookup, parse_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +35,6 @@ API_DEFAULTS = {"judge_api_max_concurrency": 16, "judge_api_timeout": 60.0, "jud
 PROTOCOLS = ("letter", "logprobs")
 # First-token candidates a served judge is asked for: the most OpenAI's API and vLLM's default server allow.
 TOP_LOGPROBS = 20
-
-
-def parse_json_object(value, flag: str) -> Optional[dict]:
-    """A flag's JSON object (a dict passes as it is, None stays None), or a ValueError naming the flag."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--{flag} is not JSON: {err.msg}") from None
-    if value is not None and not isinstance(value, dict):
-        raise ValueError(f"--{flag} must be a JSON object")
-    return value
 
 
 class LocalJudge:

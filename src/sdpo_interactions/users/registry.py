@@ -127,14 +127,8 @@ class UserArguments:
             raise ValueError(f"--user_api_max_retries must be >= 0, got {self.user_api_max_retries}")
         if not 0.0 <= self.user_api_max_failed_frac <= 1.0:
             raise ValueError(f"--user_api_max_failed_frac must be in [0, 1], got {self.user_api_max_failed_frac}")
-        if isinstance(self.user_api_chat_template_kwargs, str):
-            try:
-                self.user_api_chat_template_kwargs = json.loads(self.user_api_chat_template_kwargs)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"--user_api_chat_template_kwargs is not JSON: {err}") from err
-        if self.user_api_chat_template_kwargs is not None and not isinstance(self.user_api_chat_template_kwargs, dict):
-            raise ValueError("--user_api_chat_template_kwargs must be a JSON object, got "
-                             f"{self.user_api_chat_template_kwargs!r}")
+        self.user_api_chat_template_kwargs = parse_json_object(self.user_api_chat_template_kwargs,
+                                                               "user_api_chat_template_kwargs")
 
     def _start_the_schedule(self) -> None:
         """Check the schedule's personas (its steps need the run's batch settings: cli/train.py); its first persona
@@ -197,6 +191,18 @@ class UserArguments:
             cache_dir=self.user_api_cache_dir,
             persona=self.persona,
         )
+
+
+def parse_json_object(value, flag: str) -> Optional[dict]:
+    """A flag's JSON object (a dict passes as it is, None stays None), or a ValueError naming the flag."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--{flag} is not JSON: {err.msg}") from None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"--{flag} must be a JSON object")
+    return value
 
 
 def check_api_base(url: str, name: str) -> None:
