@@ -64,16 +64,26 @@ def lm_dataset(tokenizer, length: int):
 
 
 class StepTimer(TrainerCallback):
-    """Seconds of each optimizer step (forward, backward and update), from the Trainer's step events."""
+    """Seconds of each optimizer step (forward, backward and update), from the Trainer's step events; on a GPU the
+    queued kernels are waited for at both ends, so a step's time is its own."""
 
     def __init__(self):
         self.seconds: list[float] = []
         self.start = 0.0
 
+    @staticmethod
+    def _synchronize() -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     def on_step_begin(self, args, state, control, **kwargs):
+        self._synchronize()
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._synchronize()
         self.seconds.append(time.perf_counter() - self.start)
 
 

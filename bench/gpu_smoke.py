@@ -37,12 +37,14 @@ import torch
 
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
-from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, TrainerCallback  # noqa: E402
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from sdpo_interactions.prompts import SYSTEM_PROMPTS, prompt_messages  # noqa: E402
 from sdpo_interactions.core.trainer import OnlineSDPOConfig, OnlineSDPOTrainer  # noqa: E402
 from sdpo_interactions.users.base import UserSimulator  # noqa: E402
+
+import bench_precision  # noqa: E402  (beside this script: its setups and its step timer)
 
 # Qwen3-1.7B's and Qwen3-4B's shapes (the vocabulary is the tokenizer's).
 SIZES = {
@@ -102,22 +104,6 @@ def make_trainer(policy: Path, output_dir: str, steps: int, batch: int, completi
                              processing_class=AutoTokenizer.from_pretrained(policy), peft_config=peft_config)
 
 
-class StepTimes(TrainerCallback):
-    """Wall time of every optimizer step (generation, scoring and the update), synchronised with the GPU."""
-
-    def __init__(self):
-        self.seconds: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        torch.cuda.synchronize()
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def shorter_is_better(completions, **kwargs) -> list[float]:
     """GRPO's reward for the comparison: the rule LengthUser states in words, as a number."""
     return [-float(len(c[0]["content"].split())) for c in completions]
@@ -130,7 +116,7 @@ def sdpo_over_grpo(policy: Path, tmp: str, args) -> dict:
     steps = args.steps + 1
     times = {}
     for name in ("sdpo", "grpo"):
-        timer = StepTimes()
+        timer = bench_precision.StepTimer()
         if name == "sdpo":
             trainer = make_trainer(policy, f"{tmp}/{name}", steps, args.batch, args.completion, **same)
         else:
@@ -267,9 +253,7 @@ def offline_check(policy: Path, output_dir: str, args) -> tuple[str, bool, str]:
 
 
 def precision_rows(policy: Path) -> tuple[list[dict], tuple[str, bool, str]]:
-    """bench/bench_precision.py's rows on this GPU (imported from beside this script), and the recipes' check."""
-    import bench_precision
-
+    """bench/bench_precision.py's rows on this GPU, and the recipes' check."""
     rows = []
     for setup in bench_precision.SETUPS:
         options = argparse.Namespace(run=setup, lr=2e-6, model=str(policy), steps=5, tokens=64, train_layers=2,
